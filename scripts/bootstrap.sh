@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One set-up step for a fresh clone: a virtual environment in .venv with everything the project
+# needs. Idempotent: a second run only checks. Called by `make run` and `make test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+STAMP="$VENV/.bootstrap-$(cat setup.py scripts/bootstrap.sh | sha256sum | cut -c1-16)"
+
+if [ -f "$STAMP" ]; then
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP="$VENV/bin/pip"
+"$PIP" install -q --upgrade pip "setuptools<81" wheel
+# torch first, so pip takes the pinned wheels (a local copy where the machine has one).
+"$PIP" install -q torch==2.14.1 torchvision==0.29.1
+"$PIP" install -q -e ".[dev]"
+# smdebug 1.0.34 is unmaintained: its declared deps are stale, so install it alone.
+"$PIP" install -q --no-deps smdebug==1.0.34 pyinstrument==3.4.2
+# CPU torch does not need triton; it crashes processes that import tensorflow after torchvision.
+"$PIP" uninstall -q -y triton 2>/dev/null || true
+rm -f "$VENV"/.bootstrap-*
+touch "$STAMP"
+echo "bootstrap: environment ready in $VENV"

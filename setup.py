@@ -1,0 +1,47 @@
+"""Install the image-classification MLOps project: ``pip install -e ".[dev]"``.
+
+torch/torchvision are pinned here too, but ``scripts/bootstrap.sh`` installs them first so pip
+takes the local wheels; smdebug is installed there with ``--no-deps`` (its metadata pins are stale).
+"""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "sagemaker==2.257.7",
+    "boto3>=1.35",
+    "numpy>=1.26,<2.3",  # smdebug breaks on numpy>=2.3
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "xgboost-cpu>=3.0",
+    "scikit-learn>=1.5",
+    "matplotlib>=3.8",
+    "Pillow>=10.0",
+    "click>=8.1",
+    "rich>=13.0",
+    "optuna>=4.0",
+    "psutil>=5.9",
+    "gunicorn>=23.0",
+    "falcon>=4.0",
+    "PyYAML>=6.0",
+    "protobuf>=3.20",
+]
+
+DEV_REQUIRES = [
+    "pytest>=8.0",
+    "pytest-timeout>=2.3",
+    "moto[s3,sagemaker,iam,sts]==5.2.5",
+    "ruff>=0.6",
+    "requests>=2.31",
+]
+
+setup(
+    name="sagemaker-image-classification-mlops",
+    version="0.1.0",
+    description="SageMaker Pipelines MLOps for image classification, runnable locally with no AWS and no Docker.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["pipelines", "pipelines.*", "training", "training.*", "inference", "inference.*"]),
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"dev": DEV_REQUIRES},
+    entry_points={"console_scripts": ["mlops=pipelines.cli:main"]},
+)

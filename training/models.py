@@ -1,0 +1,98 @@
+"""CNN architectures selectable by the ``architecture`` hyperparameter.
+
+- ``compact``: the MNIST PyTorch reference design (under 20K parameters, BatchNorm, Dropout 0.05,
+  global average pooling); cheap enough to train well on a 2-core CPU.
+- ``keras``: the classic Keras example (conv32-pool-conv64-pool-conv64, dense 64, dropout 0.5).
+
+``model_config.json`` beside the weights records what :func:`build_model` needs to rebuild the
+network, so inference never unpickles anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+ARCHITECTURES = ("compact", "keras")
+
+
+def _conv_bn(in_ch: int, out_ch: int, kernel: int, padding: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, kernel, padding=padding, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+    )
+
+
+class CompactNet(nn.Module):
+    """Valid convolutions shrink the map early (less compute); a 1x1 transition keeps parameters low."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, kernel_size: int = 3, width: int = 16,
+                 dropout: float = 0.05, image_size: int = 28) -> None:
+        super().__init__()
+        k = kernel_size
+        half = max(width // 2, 4)
+        self.features = nn.Sequential(
+            _conv_bn(in_channels, half, k, 0, dropout),
+            _conv_bn(half, width, k, 0, dropout),
+            nn.MaxPool2d(2),
+            _conv_bn(width, half, 1, 0, dropout),
+            _conv_bn(half, width, k, 0, dropout),
+            _conv_bn(width, width, k, 0, dropout),
+            _conv_bn(width, width, k, 1, dropout),
+        )
+        with torch.no_grad():
+            out = self.features(torch.zeros(1, in_channels, image_size, image_size))
+        if out.shape[-1] < 1:
+            raise ValueError(f"kernel_size={k} is too large for {image_size}x{image_size} images")
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class KerasNet(nn.Module):
+    """conv32-pool-conv64-pool-conv64, dense 64, dropout 0.5 (the TensorFlow MNIST reference)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, kernel_size: int = 3, width: int = 32,
+                 dropout: float = 0.5, image_size: int = 28) -> None:
+        super().__init__()
+        k = kernel_size
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, k), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, k), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, k), nn.ReLU(inplace=True),
+        )
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, in_channels, image_size, image_size)).numel()
+        if flat < 1:
+            raise ValueError(f"kernel_size={k} is too large for {image_size}x{image_size} images")
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(flat, 64), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(64, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_model(architecture: str, num_classes: int, kernel_size: int = 3, width: int | None = None,
+                dropout: float | None = None, in_channels: int = 1, image_size: int = 28) -> nn.Module:
+    """Build a network by name; unknown names raise with the list of valid ones."""
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_channels,
+                              "kernel_size": kernel_size, "image_size": image_size}
+    if width is not None:
+        kwargs["width"] = width
+    if dropout is not None:
+        kwargs["dropout"] = dropout
+    if architecture == "compact":
+        return CompactNet(**kwargs)
+    if architecture == "keras":
+        return KerasNet(**kwargs)
+    raise ValueError(f"unknown architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
