@@ -155,7 +155,7 @@ def _history_value(entry: dict[str, Any]) -> str:
     """One history entry as a CustomerMetadataProperties value SageMaker accepts (charset, 256 chars)."""
     head = (f"status={entry['Status']} from={entry['PreviousStatus']} by={_SM_VALUE_BAD.sub('_', entry['By'])} "
             f"at={entry['Time'].strftime('%Y-%m-%dT%H:%M:%SZ')}")
-    comment = _SM_VALUE_BAD.sub(" ", " ".join((entry.get("Comment") or "").split()))
+    comment = " ".join(_SM_VALUE_BAD.sub(" ", entry.get("Comment") or "").split())
     value = f"{head} comment={comment}" if comment else head
     return value[:256]
 
