@@ -146,3 +146,37 @@ def load_definition(path: str) -> dict[str, Any]:
     if not isinstance(definition, dict) or not isinstance(definition.get("Steps"), list):
         raise DefinitionError(f"{path}: not a pipeline definition (expected an object with a 'Steps' list)")
     return definition
+
+
+def parse_parameter_options(items: tuple[str, ...] | list[str], option: str = "--param") -> dict[str, str]:
+    """``("Name=Value", ...)`` from repeated options into a dict (the last of a repeated name wins)."""
+    parsed: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"{option} {item!r}: expected Name=Value")
+        parsed[name.strip()] = value
+    return parsed
+
+
+def check_parameter_overrides(definition: dict[str, Any], overrides: dict[str, str]) -> dict[str, str]:
+    """Refuse overrides the pipeline would reject at start time: unknown names, wrong types, values off-enum."""
+    declared = {p["Name"]: p for p in definition.get("Parameters", []) if isinstance(p, dict) and "Name" in p}
+    for name, value in overrides.items():
+        parameter = declared.get(name)
+        if parameter is None:
+            raise ValueError(f"--param {name}: not a parameter of this pipeline (declared: {', '.join(declared)})")
+        kind = parameter.get("Type", "String")
+        try:
+            if kind == "Integer":
+                int(value)
+            elif kind == "Float":
+                float(value)
+            elif kind == "Boolean" and value.lower() not in ("true", "false"):
+                raise ValueError(value)
+        except ValueError:
+            raise ValueError(f"--param {name}={value!r}: expected a {kind}") from None
+        enum = parameter.get("EnumValues")
+        if enum and value not in enum:
+            raise ValueError(f"--param {name}={value!r}: expected one of {', '.join(map(str, enum))}")
+    return overrides
