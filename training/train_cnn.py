@@ -1,0 +1,326 @@
+"""Training job (PyTorch script mode): a CNN on the preprocessed splits.
+
+Reads the ``train`` and ``validation`` channels (SM_CHANNEL_*), trains with the data held in memory
+(batched rotation + cutout augmentation, one-cycle schedule by default), prints one metrics line per
+epoch for SageMaker's metric_definitions, and writes ``model.pth`` + ``model_config.json`` (+ the
+inference code) to SM_MODEL_DIR and ``history.json`` + ``learning_curves.png`` to SM_OUTPUT_DATA_DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a job script: make the `training` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.atomic import atomic_write_json, staged_dir
+from training.datasets import DatasetError, Split, load_manifest, load_split
+from training.job_env import JobEnv, copy_inference_code, str2bool, write_failure
+from training.metrics import format_metrics_line
+from training.models import ARCHITECTURES, build_model, count_parameters
+
+LOG = logging.getLogger("train_cnn")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("onecycle", "cosine", "none")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float = 0.01
+    optimizer: str = "adamw"
+    architecture: str = "compact"
+    kernel_size: int = 3
+    width: int = 16
+    dropout: float = 0.05
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    scheduler: str = "onecycle"
+    augment: bool = True
+    rotation_degrees: float = 7.0
+    cutout: int = 8
+    cutout_prob: float = 0.5
+    seed: int = 42
+    train_fraction: float = 1.0
+    max_train_seconds: float = 0.0
+    num_threads: int = 0
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch-size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"),
+            (self.architecture in ARCHITECTURES, f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}"),
+            (self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}"),
+            (self.kernel_size in (3, 5, 7), f"kernel-size must be 3, 5 or 7, got {self.kernel_size}"),
+            (0.0 < self.train_fraction <= 1.0, f"train-fraction must be in (0, 1], got {self.train_fraction}"),
+            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
+            (0.0 <= self.cutout_prob <= 1.0, f"cutout-prob must be in [0, 1], got {self.cutout_prob}"),
+        ]
+        errors = [message for ok, message in checks if not ok]
+        if errors:
+            raise ValueError("invalid hyperparameters: " + "; ".join(errors))
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    epoch_seconds: float
+    elapsed_seconds: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, list[str]]:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, value in asdict(defaults).items():
+        flag = "--" + name.replace("_", "-")
+        kind = str2bool if isinstance(value, bool) else type(value)
+        parser.add_argument(flag, dest=name, type=kind, default=value)
+    args, unknown = parser.parse_known_args(argv)
+    config = TrainConfig(**vars(args))
+    config.validate()
+    return config, unknown
+
+
+def stratified_fraction(split: Split, fraction: float, seed: int) -> Split:
+    """Keep ``fraction`` of each class (tuning trials train on a subset)."""
+    if fraction >= 1.0:
+        return split
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in np.unique(split.labels):
+        idx = np.flatnonzero(split.labels == label)
+        keep.append(rng.choice(idx, size=max(1, int(round(len(idx) * fraction))), replace=False))
+    order = np.sort(np.concatenate(keep))
+    return Split(split.images[order], split.labels[order])
+
+
+def to_tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.from_numpy(np.ascontiguousarray(split.images, dtype=np.float32))
+    if images.ndim == 3:
+        images = images.unsqueeze(1)
+    return images, torch.from_numpy(split.labels)
+
+
+def augment_batch(x: torch.Tensor, degrees: float, cutout: int, cutout_prob: float, fill: float,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Random rotation (+-degrees) of the whole batch in one grid_sample, then a cutout square on a share of images."""
+    n, _, h, w = x.shape
+    if degrees > 0:
+        angles = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(degrees)
+        cos, sin = torch.cos(angles), torch.sin(angles)
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x - fill, grid, align_corners=False, padding_mode="zeros") + fill
+    if cutout > 0:
+        cy = torch.randint(0, h, (n,), generator=generator)
+        cx = torch.randint(0, w, (n,), generator=generator)
+        rows = torch.arange(h).view(1, h, 1)
+        cols = torch.arange(w).view(1, 1, w)
+        top, left = (cy - cutout // 2).view(n, 1, 1), (cx - cutout // 2).view(n, 1, 1)
+        mask = (rows >= top) & (rows < top + cutout) & (cols >= left) & (cols < left + cutout)
+        mask &= (torch.rand(n, generator=generator) < cutout_prob).view(n, 1, 1)
+        x = x.masked_fill(mask.unsqueeze(1), fill)
+    return x
+
+
+@torch.inference_mode()
+def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 2000) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a whole split."""
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(labels), batch_size):
+        logits = model(images[start:start + batch_size])
+        target = labels[start:start + batch_size]
+        total_loss += F.cross_entropy(logits, target, reduction="sum").item()
+        correct += int((logits.argmax(1) == target).sum())
+    return total_loss / len(labels), correct / len(labels)
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    total = config.epochs * steps_per_epoch
+    if config.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25,
+                                                   div_factor=10.0, final_div_factor=100.0)
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return None
+
+
+EpochCallback = Callable[[EpochRecord, nn.Module], None]
+
+
+def train(config: TrainConfig, train_split: Split, val_split: Split, num_classes: int,
+          on_epoch: EpochCallback | None = None, debug_session=None) -> tuple[nn.Module, list[EpochRecord]]:
+    """Train and return the model and per-epoch history; ``on_epoch`` lets benchmarks watch test accuracy."""
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    train_split = stratified_fraction(train_split, config.train_fraction, config.seed)
+    x_train, y_train = to_tensors(train_split)
+    x_val, y_val = to_tensors(val_split)
+    fill = float(x_train.min())  # the normalized background value
+    model = build_model(config.architecture, num_classes, kernel_size=config.kernel_size, width=config.width,
+                        dropout=config.dropout, image_size=x_train.shape[-1])
+    LOG.info("%s: %d parameters, %d training / %d validation images", config.architecture,
+             count_parameters(model), len(y_train), len(y_val))
+    optimizer = make_optimizer(config, model)
+    steps_per_epoch = math.ceil(len(y_train) / config.batch_size)
+    scheduler = make_scheduler(config, optimizer, steps_per_epoch)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    if debug_session is not None:
+        debug_session.attach(model, loss_fn)
+    history: list[EpochRecord] = []
+    started = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        epoch_start = time.perf_counter()
+        model.train()
+        if debug_session is not None:
+            debug_session.set_mode("train")
+        order = torch.randperm(len(y_train), generator=generator)
+        running, seen = 0.0, 0
+        for step in range(steps_per_epoch):
+            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+            xb, yb = x_train[idx], y_train[idx]
+            if config.augment:
+                xb = augment_batch(xb, config.rotation_degrees, config.cutout, config.cutout_prob, fill, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), yb)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch} step {step}; lower lr")
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            running += loss.item() * len(yb)
+            seen += len(yb)
+            if debug_session is not None:
+                debug_session.step()
+        if debug_session is not None:
+            debug_session.set_mode("eval")
+        val_loss, val_acc = evaluate_model(model, x_val, y_val)
+        now = time.perf_counter()
+        record = EpochRecord(epoch, running / seen, val_loss, val_acc, optimizer.param_groups[0]["lr"],
+                             now - epoch_start, now - started)
+        history.append(record)
+        print(format_metrics_line(epoch=epoch, train_loss=record.train_loss, val_loss=val_loss, val_accuracy=val_acc,
+                                  epoch_seconds=record.epoch_seconds), flush=True)
+        if on_epoch is not None:
+            on_epoch(record, model)
+        if config.max_train_seconds and now - started >= config.max_train_seconds and epoch < config.epochs:
+            LOG.warning("stopping after epoch %d: max-train-seconds=%s reached", epoch, config.max_train_seconds)
+            break
+    return model, history
+
+
+def plot_learning_curves(history: list[EpochRecord], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r.epoch for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r.train_loss for r in history], marker="o", label="train loss")
+    ax_loss.plot(epochs, [r.val_loss for r in history], marker="o", label="validation loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("cross-entropy")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [r.val_accuracy for r in history], marker="o", color="tab:green")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("validation accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    fig.suptitle("CNN learning curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_model(model: nn.Module, config: TrainConfig, manifest: dict, model_dir: Path) -> None:
+    """Weights + the config that rebuilds the network + the inference code, in SageMaker's layout."""
+    with staged_dir(model_dir) as staging:
+        torch.save(model.state_dict(), staging / "model.pth")
+        atomic_write_json(staging / "model_config.json", {
+            "framework": "pytorch",
+            "architecture": config.architecture,
+            "kernel_size": config.kernel_size,
+            "width": config.width,
+            "dropout": config.dropout,
+            "num_classes": manifest["num_classes"],
+            "class_names": manifest["class_names"],
+            "image_shape": manifest["image_shape"],
+            "normalization": manifest["normalization"],
+        })
+        copy_inference_code(staging, "pytorch")
+
+
+def run(config: TrainConfig, env: JobEnv, debug_session=None) -> list[EpochRecord]:
+    torch.set_num_threads(config.num_threads or env.num_cpus)
+    train_dir, val_dir = env.channel("train"), env.channel("validation")
+    manifest = load_manifest(train_dir)
+    train_split, val_split = load_split(train_dir, "train"), load_split(val_dir, "validation")
+    model, history = train(config, train_split, val_split, manifest["num_classes"], debug_session=debug_session)
+    save_model(model, config, manifest, env.model_dir)
+    with staged_dir(env.output_data_dir) as staging:
+        atomic_write_json(staging / "history.json", {"config": asdict(config), "epochs": [asdict(r) for r in history]})
+        plot_learning_curves(history, staging / "learning_curves.png")
+    return history
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    env = JobEnv.from_environ()
+    try:
+        config, unknown = parse_args(argv)
+        if unknown:
+            LOG.info("ignoring arguments not meant for this script: %s", " ".join(unknown))
+        debug_session = None
+        try:
+            from training.debugger import session_from_env
+        except ImportError:
+            session_from_env = None
+        if session_from_env is not None:
+            debug_session = session_from_env(env)
+        run(config, env, debug_session=debug_session)
+    except (DatasetError, ValueError, FloatingPointError) as exc:
+        write_failure(env, str(exc))
+        print(f"train_cnn failed: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
