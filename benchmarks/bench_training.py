@@ -28,14 +28,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-from training import preprocess, train_xgboost  # noqa: E402
-from training.datasets import load_split  # noqa: E402
-from training.train_cnn import EpochRecord, TrainConfig, evaluate_model, to_tensors, train  # noqa: E402
+from training import preprocess, train_xgboost
+from training.datasets import load_split
+from training.train_cnn import EpochRecord, TrainConfig, evaluate_model, to_tensors, train
 
 RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT / "data" / "mnist"

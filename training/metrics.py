@@ -25,7 +25,7 @@ XGBOOST_METRIC_DEFINITIONS: list[dict[str, str]] = [
 OBJECTIVE_METRIC = "validation:accuracy"
 
 
-def format_metrics_line(**values: float | int) -> str:
+def format_metrics_line(**values: float) -> str:
     """``metrics: epoch=3; train_loss=0.1234; val_loss=0.0456; val_accuracy=0.9876;`` (order kept)."""
     parts = []
     for key, value in values.items():

@@ -9,10 +9,8 @@ inference code) to SM_MODEL_DIR and ``history.json`` + ``learning_curves.png`` t
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -111,7 +109,7 @@ def stratified_fraction(split: Split, fraction: float, seed: int) -> Split:
     keep = []
     for label in np.unique(split.labels):
         idx = np.flatnonzero(split.labels == label)
-        keep.append(rng.choice(idx, size=max(1, int(round(len(idx) * fraction))), replace=False))
+        keep.append(rng.choice(idx, size=max(1, round(len(idx) * fraction)), replace=False))
     order = np.sort(np.concatenate(keep))
     return Split(split.images[order], split.labels[order])
 
