@@ -73,11 +73,13 @@ class Invocations:
 
 def _unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]) -> None:
     """Anything the handlers did not foresee: a JSON 500, logged with its traceback; the worker carries on."""
-    if isinstance(exc, falcon.HTTPError):  # falcon's own 404/405/...: same JSON shape as ours
-        _error(resp, int(exc.status_code), exc.title + (f": {exc.description}" if exc.description else ""))
-        return
     log.exception("unexpected error serving %s %s", req.method, req.path)
     _error(resp, 500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _serialize_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+    """falcon's own errors (404, 405, bad headers) in the same JSON shape as the handlers' errors."""
+    _error(resp, int(exc.status_code), exc.title + (f": {exc.description}" if exc.description else ""))
 
 
 def create_app(model_dir: str | os.PathLike[str] | None = None, threads: int | None = None) -> falcon.App:
@@ -98,6 +100,7 @@ def create_app(model_dir: str | os.PathLike[str] | None = None, threads: int | N
     app.add_route("/ping", Ping(model))
     app.add_route("/invocations", Invocations(model))
     app.add_error_handler(Exception, _unexpected)
+    app.set_error_serializer(_serialize_http_error)
     return app
 
 
