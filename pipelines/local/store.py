@@ -60,3 +60,95 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
+
+
+# --- objects ---------------------------------------------------------------------------------------------
+# S3 semantics the executor needs: a URI names one object or a prefix (a folder here). Readers must never
+# see half-written objects, so every write goes to a temporary sibling and is renamed into place.
+
+
+def exists(uri: str) -> bool:
+    """True when the URI names an object or a non-empty prefix in the store."""
+    path = s3_uri_to_path(uri)
+    return path.is_file() or (path.is_dir() and any(path.iterdir()))
+
+
+def read_bytes(uri: str) -> bytes:
+    path = s3_uri_to_path(uri)
+    if not path.is_file():
+        raise FileNotFoundError(f"{uri}: no such object in the local store ({path})")
+    return path.read_bytes()
+
+
+def put_bytes(uri: str, data: bytes) -> Path:
+    from training.atomic import atomic_write_bytes
+
+    return atomic_write_bytes(s3_uri_to_path(uri), data)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link (free for large datasets) when on one filesystem, else copy; never partial."""
+    import shutil
+    import tempfile
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def download(uri: str, destination: Path) -> list[Path]:
+    """Copy an object or every object under a prefix into ``destination`` (S3Prefix download semantics).
+
+    An object lands as ``destination/<basename>``; a prefix keeps its relative layout. Files are hard links
+    into the store where possible, which is safe because store writes replace files rather than edit them.
+    """
+    source = s3_uri_to_path(uri)
+    destination.mkdir(parents=True, exist_ok=True)
+    if source.is_file():
+        target = destination / source.name
+        _link_or_copy(source, target)
+        return [target]
+    if not source.is_dir():
+        raise FileNotFoundError(f"{uri}: nothing at this S3 URI in the local store ({source})")
+    copied = []
+    for path in sorted(source.rglob("*")):
+        if path.is_file() and not path.name.startswith("."):
+            target = destination / path.relative_to(source)
+            _link_or_copy(path, target)
+            copied.append(target)
+    if not copied:
+        raise FileNotFoundError(f"{uri}: the prefix is empty in the local store ({source})")
+    return copied
+
+
+def upload_dir(source: Path, uri: str) -> list[str]:
+    """Upload every file under ``source`` to the prefix ``uri``; the prefix appears complete or not at all."""
+    from training.atomic import staged_dir
+
+    target = s3_uri_to_path(uri)
+    if target.is_file():
+        raise FileExistsError(f"{uri}: an object exists where a prefix is expected")
+    uris = []
+    with staged_dir(target) as staging:
+        for path in sorted(source.rglob("*")):
+            if path.is_file():
+                relative = path.relative_to(source)
+                _link_or_copy(path, staging / relative)
+                uris.append(uri.rstrip("/") + "/" + relative.as_posix())
+    return uris
+
+
+def upload_file(source: Path, uri: str) -> str:
+    _link_or_copy(source, s3_uri_to_path(uri))
+    return uri
