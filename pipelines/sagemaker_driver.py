@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pipelines import staging
 
 TERMINAL_STATUSES = {"Succeeded", "Failed", "Stopped"}
+NOT_FOUND_MESSAGES = ("does not exist", "could not find", "not found")
 DEFAULT_TAGS = {"project": "sagemaker-image-classification-mlops"}
 
 
@@ -105,9 +106,25 @@ class SageMakerDriver:
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code")
             message = exc.response.get("Error", {}).get("Message", "")
-            if code == "ResourceNotFound" or "does not exist" in message:
+            if code == "ResourceNotFound" or any(text in message.lower() for text in NOT_FOUND_MESSAGES):
                 return None
             raise
+
+    def execution_parameters(self, execution_arn: str) -> dict[str, str] | Unavailable:
+        """The parameter values an execution ran with."""
+        values: dict[str, str] = {}
+        request: dict[str, Any] = {"PipelineExecutionArn": execution_arn}
+        try:
+            while True:
+                response = self.sagemaker.list_pipeline_parameters_for_execution(**request)
+                values.update({p["Name"]: p["Value"] for p in response.get("PipelineParameters", [])})
+                if not response.get("NextToken"):
+                    return values
+                request["NextToken"] = response["NextToken"]
+        except NotImplementedError as exc:
+            return Unavailable("execution parameters", f"this endpoint does not implement it ({exc})")
+        except (ClientError, BotoCoreError) as exc:
+            return Unavailable("execution parameters", _error_text(exc))
 
     def pipeline_definition(self, pipeline_name: str) -> dict[str, Any]:
         described = self._describe_pipeline(pipeline_name)
@@ -161,6 +178,11 @@ class SageMakerDriver:
         except (ClientError, BotoCoreError) as exc:
             raise DriverError(f"describing execution {execution_arn} failed: {_error_text(exc)}") from exc
         described.pop("ResponseMetadata", None)
+        parameters = self.execution_parameters(execution_arn)
+        if isinstance(parameters, Unavailable):
+            described["ParametersUnavailable"] = str(parameters)
+        else:
+            described["Parameters"] = parameters
         steps = self.list_steps(execution_arn)
         if isinstance(steps, Unavailable):
             described["StepsUnavailable"] = str(steps)
