@@ -108,6 +108,7 @@ def run(step: StepRun) -> StepResult:
         (config_dir / "processingjobconfig.json").write_text(json.dumps({**args, "ProcessingJobName": name},
                                                                         indent=2, default=str))
         records.start_job(name, "Processing", step.execution_id, step.step_name, log_path=str(step.log_path))
+        started = records.job_running(name)
         step.reporter.step_progress(step.step_name, f"{cpus} cpu")
         stopping = args.get("StoppingCondition") or {}
         try:
@@ -135,7 +136,7 @@ def run(step: StepRun) -> StepResult:
         "RoleArn": args.get("RoleArn"),
         "StoppingCondition": args.get("StoppingCondition"),
         "CreationTime": created,
-        "ProcessingStartTime": created,
+        "ProcessingStartTime": started,
         "ProcessingEndTime": ended,
         "ExitMessage": "",
     }

@@ -371,6 +371,14 @@ def start_job(job_name: str, job_type: str, execution_id: str, step_name: str, *
         )
 
 
+def job_running(job_name: str) -> float:
+    """The job got its cores and its process starts now (SageMaker's TrainingStartTime)."""
+    now = time.time()
+    with connection() as conn:
+        conn.execute("UPDATE jobs SET start_time = ? WHERE job_name = ?", (now, job_name))
+    return now
+
+
 def finish_job(job_name: str, status: str, *, failure_reason: str | None = None,
                metrics: dict[str, list[float]] | None = None, final_metrics: dict[str, float] | None = None,
                properties: dict[str, Any] | None = None) -> None:

@@ -108,6 +108,7 @@ def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: st
     records.start_job(job_name, "Training", execution_id, step_name, parent_job=parent_job,
                       hyperparameters=hyperparameters, log_path=str(log_path))
     stream = MetricStream(definitions)
+    started = created
     try:
         program, submit = decoded.get("sagemaker_program"), decoded.get("sagemaker_submit_directory")
         if not isinstance(program, str) or not isinstance(submit, str):
@@ -129,6 +130,7 @@ def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: st
 
         cpus = pool.acquire(cap=cpu_cap, ticket=ticket)
         try:
+            started = records.job_running(job_name)
             env = _environment(job_name, user, channels, cpus, work_dir, submit, program, request)
             (input_dir / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters, indent=2))
             (input_dir / "config" / "resourceconfig.json").write_text(
@@ -155,7 +157,7 @@ def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: st
         metrics = _final_metrics(log_path, definitions) or stream.series
         if exc.status == "Stopped":
             # Early stopping keeps what the job saved so far, as SageMaker does.
-            record = _package(request, job_name, work_dir, created, metrics, hyperparameters, "Stopped")
+            record = _package(request, job_name, work_dir, created, started, metrics, hyperparameters, "Stopped")
             records.finish_job(job_name, "Stopped", failure_reason=exc.reason, metrics=metrics,
                                final_metrics=_last(metrics), properties=record)
             record["FailureReason"] = exc.reason
@@ -167,7 +169,7 @@ def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: st
         records.finish_job(job_name, "Failed", failure_reason=str(exc))
         raise
     metrics = _final_metrics(log_path, definitions)
-    record = _package(request, job_name, work_dir, created, metrics, hyperparameters, "Completed")
+    record = _package(request, job_name, work_dir, created, started, metrics, hyperparameters, "Completed")
     records.finish_job(job_name, "Completed", metrics=metrics, final_metrics=_last(metrics), properties=record)
     return record
 
@@ -186,8 +188,8 @@ def _final_metrics(log_path: Path, definitions: list[dict[str, str]]) -> dict[st
     return parse_metrics(text, definitions)
 
 
-def _package(request: dict[str, Any], job_name: str, work_dir: Path, created: float, metrics: dict[str, list[float]],
-             hyperparameters: dict[str, str], status: str) -> dict[str, Any]:
+def _package(request: dict[str, Any], job_name: str, work_dir: Path, created: float, started: float,
+             metrics: dict[str, list[float]], hyperparameters: dict[str, str], status: str) -> dict[str, Any]:
     output_path = request["OutputDataConfig"]["S3OutputPath"].rstrip("/")
     model_uri = f"{output_path}/{job_name}/output/model.tar.gz"
     output_uri = f"{output_path}/{job_name}/output/output.tar.gz"
@@ -209,10 +211,10 @@ def _package(request: dict[str, Any], job_name: str, work_dir: Path, created: fl
         "StoppingCondition": request.get("StoppingCondition"),
         "RoleArn": request.get("RoleArn"),
         "CreationTime": created,
-        "TrainingStartTime": created,
+        "TrainingStartTime": started,
         "TrainingEndTime": ended,
-        "TrainingTimeInSeconds": round(ended - created),
-        "BillableTimeInSeconds": round(ended - created),
+        "TrainingTimeInSeconds": round(ended - started),
+        "BillableTimeInSeconds": round(ended - started),
         "FinalMetricDataList": [{"MetricName": name, "Value": values[-1], "Timestamp": ended}
                                 for name, values in metrics.items() if values],
         "OutputDataUri": output_uri,
