@@ -1,11 +1,11 @@
-"""Content-hashed source bundles for the job code (the ``training/`` package).
+"""Content-hashed source bundles for the job code (the ``training/`` and ``inference/`` packages).
 
 Why content hashing: the definition names the code by ``s3://BUCKET/PREFIX/code/<sha256>/...``, so
 the same code always gives the same definition (step caching keeps hitting, aws/sagemaker-python-sdk
 #2736), and changed code gives a new URI (no stale cache hit). The hash is computed from the files
 alone, so building a definition needs no network; uploading is a separate, explicit step.
 
-Two layouts are staged under one hash, both with ``training/`` at their root:
+Two layouts are staged under one hash, both with ``training/`` (and ``inference/``) at their root:
 - ``sourcedir.tar.gz``: what training jobs (script mode) download and extract;
 - ``source/training/*.py``: the same files unpacked, given to processing jobs as a ProcessingInput
   (processing containers do not extract archives).
@@ -13,6 +13,7 @@ Two layouts are staged under one hash, both with ``training/`` at their root:
 
 from __future__ import annotations
 
+import fnmatch
 import gzip
 import hashlib
 import io
@@ -22,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = "training"
+# training/ holds the job scripts; inference/ rides along because training jobs copy its handlers into
+# model.tar.gz's code/ and evaluate.py scores the models through them.
+PACKAGES = ("training", "inference")
 TARBALL_NAME = "sourcedir.tar.gz"
 SOURCE_FOLDER = "source"
 FIXED_MTIME = 0
@@ -60,19 +63,24 @@ def _tarinfo(name: str, kind: bytes, mode: int, size: int) -> tarfile.TarInfo:
     return info
 
 
-def collect_bundle(project_root: Path = PROJECT_ROOT, package: str = PACKAGE) -> SourceBundle:
-    """Read every ``.py`` file of ``package`` (no caches, no data) and hash paths plus contents."""
-    package_dir = project_root / package
-    if not package_dir.is_dir():
-        raise FileNotFoundError(f"{package_dir}: job code package not found (expected the '{package}/' folder)")
+def _bundled(relative: Path) -> bool:
+    if "__pycache__" in relative.parts or any(part.startswith(".") for part in relative.parts):
+        return False
+    return relative.suffix == ".py" or fnmatch.fnmatch(relative.name, "requirements*.txt")
+
+
+def collect_bundle(project_root: Path = PROJECT_ROOT, packages: tuple[str, ...] = PACKAGES) -> SourceBundle:
+    """Read the packages' ``.py`` and ``requirements*.txt`` files (no caches, no data); hash paths plus contents."""
     files = []
-    for path in sorted(package_dir.rglob("*.py")):
-        relative = path.relative_to(project_root)
-        if "__pycache__" in relative.parts or any(part.startswith(".") for part in relative.parts):
-            continue
-        files.append((relative.as_posix(), path.read_bytes()))
-    if not files:
-        raise FileNotFoundError(f"{package_dir}: no .py files to bundle")
+    for package in packages:
+        package_dir = project_root / package
+        if not package_dir.is_dir():
+            raise FileNotFoundError(f"{package_dir}: job code package not found (expected the '{package}/' folder)")
+        found = [path for path in package_dir.rglob("*") if path.is_file() and _bundled(path.relative_to(project_root))]
+        if not any(path.suffix == ".py" for path in found):
+            raise FileNotFoundError(f"{package_dir}: no .py files to bundle")
+        files.extend((path.relative_to(project_root).as_posix(), path.read_bytes()) for path in found)
+    files.sort()
     digest = hashlib.sha256()
     for name, data in files:
         digest.update(name.encode("utf-8") + b"\0")

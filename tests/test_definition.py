@@ -278,9 +278,12 @@ def _write_package(root: Path, files: dict[str, str]) -> None:
 
 def test_bundle_is_deterministic_and_content_hashed(tmp_path):
     _write_package(tmp_path, {"training/__init__.py": "", "training/a.py": "A = 1\n", "training/sub/b.py": "B\n",
-                              "training/__pycache__/a.cpython-311.pyc": "junk", "training/notes.txt": "no"})
+                              "training/__pycache__/a.cpython-311.pyc": "junk", "training/notes.txt": "no",
+                              "inference/__init__.py": "", "inference/requirements.txt": "x\n"})
     first = staging.collect_bundle(tmp_path)
-    assert [name for name, _ in first.files] == ["training/__init__.py", "training/a.py", "training/sub/b.py"]
+    assert [name for name, _ in first.files] == ["inference/__init__.py", "inference/requirements.txt",
+                                                 "training/__init__.py", "training/a.py", "training/sub/b.py"]
+    assert staging.collect_bundle(tmp_path, ("training",)).digest != first.digest
     assert first.tarball() == staging.collect_bundle(tmp_path).tarball()
 
     (tmp_path / "training/a.py").touch()  # a new mtime changes neither hash nor bytes
@@ -300,8 +303,17 @@ def test_bundle_errors_name_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="training"):
         staging.collect_bundle(tmp_path)
     (tmp_path / "training").mkdir()
+    (tmp_path / "training/requirements.txt").write_text("numpy\n")
     with pytest.raises(FileNotFoundError, match="no .py files"):
-        staging.collect_bundle(tmp_path)
+        staging.collect_bundle(tmp_path, ("training",))
+
+
+def test_project_bundle_carries_job_scripts_and_inference_handlers():
+    names = {name for name, _ in staging.collect_bundle().files}
+    for needed in ("training/preprocess.py", "training/metrics.py", "inference/inference.py",
+                   "inference/packaging.py", "inference/requirements.txt"):
+        assert needed in names
+    assert not any("__pycache__" in name or name.endswith(".pyc") for name in names)
 
 
 def test_stage_local_writes_both_layouts(tmp_path, monkeypatch):
@@ -309,11 +321,11 @@ def test_stage_local_writes_both_layouts(tmp_path, monkeypatch):
     from pipelines.local.store import s3_uri_to_path
 
     _write_package(tmp_path, {"training/__init__.py": "", "training/job.py": "print('hi')\n"})
-    bundle = staging.collect_bundle(tmp_path)
+    bundle = staging.collect_bundle(tmp_path, ("training",))
     staged = staging.code_location("bkt", "pipe", bundle)
     assert staged.tarball_uri == f"s3://bkt/pipe/code/{bundle.digest}/sourcedir.tar.gz"
     written = staging.stage_local(bundle, staged)
-    assert len(written) == 3
+    assert len(written) == 3  # two source files and the tarball
     assert s3_uri_to_path(staged.tarball_uri).read_bytes() == bundle.tarball()
     assert (s3_uri_to_path(staged.source_uri) / "training/job.py").read_text() == "print('hi')\n"
     assert staging.stage_local(bundle, staged) == []  # already staged: nothing rewritten
@@ -331,3 +343,20 @@ def test_stage_dataset_local(tmp_path, monkeypatch):
     assert staging.stage_dataset_local(staging.DATASET_DIR, "s3://mlops-local/data/mnist/") == []
     with pytest.raises(FileNotFoundError, match="dataset files missing"):
         staging.dataset_files(tmp_path)
+
+
+def test_every_script_the_definition_runs_is_in_the_bundle(definition):
+    names = {name for name, _ in staging.collect_bundle().files}
+    scripts = set()
+    for step in iter_steps(definition["Steps"]):
+        arguments = step["Arguments"]
+        entrypoint = arguments.get("AppSpecification", {}).get("ContainerEntrypoint")
+        if entrypoint:
+            scripts.add(entrypoint[-1].removeprefix("/opt/ml/processing/input/code/"))
+        for holder in (arguments.get("HyperParameters"), arguments.get("TrainingJobDefinition", {}).get(
+                "StaticHyperParameters")):
+            if holder and "sagemaker_program" in holder:
+                scripts.add(json.loads(holder["sagemaker_program"]))
+    assert scripts == {"training/preprocess.py", "training/train_cnn.py", "training/train_xgboost.py",
+                       "training/evaluate.py"}
+    assert scripts <= names, f"scripts missing from the bundle: {scripts - names}"
