@@ -8,6 +8,7 @@ that the right class comes back, not just that something does.
 
 from __future__ import annotations
 
+import functools
 import json
 import tarfile
 from pathlib import Path
@@ -54,18 +55,24 @@ def quick_train_cnn(samples: int = 4000, epochs: int = 2, seed: int = 0, **arch:
     images, labels = load_mnist("train", samples)
     x = torch.from_numpy(((images / 255.0 - MNIST_MEAN) / MNIST_STD).astype(np.float32)).unsqueeze(1)
     y = torch.from_numpy(labels)
-    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.005)
     net.train()
     for _ in range(epochs):
         order = torch.randperm(len(x))
-        for start in range(0, len(x), 64):
-            idx = order[start: start + 64]
+        for start in range(0, len(x), 32):
+            idx = order[start: start + 32]
             optimizer.zero_grad()
             loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
             loss.backward()
             optimizer.step()
     net.eval()
     return net.state_dict(), config
+
+
+@functools.lru_cache(maxsize=2)
+def trained_cnn(samples: int = 3000, epochs: int = 2) -> tuple[Any, dict]:
+    """One quick CNN per process, shared by the tests that need a model that actually reads digits."""
+    return quick_train_cnn(samples=samples, epochs=epochs)
 
 
 def write_cnn_model_dir(dest: str | Path, state_dict: Any = None, config: dict | None = None) -> Path:
@@ -87,17 +94,22 @@ def write_cnn_model_dir(dest: str | Path, state_dict: Any = None, config: dict |
     return dest
 
 
-def write_xgboost_model_dir(dest: str | Path, samples: int = 2000, rounds: int = 15) -> Path:
-    """SM_MODEL_DIR of the XGBoost baseline, fitted on ``samples`` normalised, flattened MNIST images."""
+@functools.lru_cache(maxsize=2)
+def _fit_xgboost(samples: int, rounds: int) -> bytes:
     import xgboost
 
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
     images, labels = load_mnist("train", samples)
     features = ((images.reshape(len(images), -1) / 255.0 - MNIST_MEAN) / MNIST_STD).astype(np.float32)
     booster = xgboost.train({"objective": "multi:softprob", "num_class": 10, "max_depth": 4, "eta": 0.3,
                              "tree_method": "hist", "nthread": 1}, xgboost.DMatrix(features, label=labels), rounds)
-    booster.save_model(str(dest / "xgboost-model.json"))
+    return bytes(booster.save_raw("json"))
+
+
+def write_xgboost_model_dir(dest: str | Path, samples: int = 2000, rounds: int = 15) -> Path:
+    """SM_MODEL_DIR of the XGBoost baseline, fitted on ``samples`` normalised, flattened MNIST images (~90%)."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "xgboost-model.json").write_bytes(_fit_xgboost(samples, rounds))
     config = {"framework": "xgboost", "num_classes": 10, "class_names": CLASS_NAMES, "image_shape": [28, 28],
               "normalization": NORMALIZATION}
     (dest / "model_config.json").write_text(json.dumps(config, indent=2))
