@@ -305,10 +305,10 @@ class Engine:
                 delay = None if STOPPING.is_set() else retry_delay(step.retry_policies, failure.exception_type,
                                                                    retries, first_start)
                 if delay is None:
+                    _append_log(log_path, f"[mlops] step failed: {failure.reason}")
                     raise failure from exc
-                with open(log_path, "a", encoding="utf-8") as log:
-                    log.write(f"[mlops] attempt {attempt} failed ({failure.exception_type}): {failure.reason}; "
-                              f"retrying in {delay:.1f} s per the step's RetryPolicies\n")
+                _append_log(log_path, f"[mlops] attempt {attempt} failed ({failure.exception_type}): "
+                                      f"{failure.reason}; retrying in {delay:.1f} s per the step's RetryPolicies")
                 self.reporter.step_status(name, "Executing", f"retry in {delay:.0f}s: {failure.reason[:60]}")
                 retries += 1
                 time.sleep(delay)
@@ -360,11 +360,21 @@ class Engine:
             return False
         records.start_step(self.execution_id, step.name, step.type, 0, cache_key=cache_key, work_dir=hit.work_dir,
                            log_path=hit.log_path, cpus=0)
+        source = hit.cache_source or hit.execution_id  # the run that produced the outputs
         metadata = dict(hit.metadata or {}, CacheHit={"SourcePipelineExecutionArn":
-                                                      records.execution_arn(self.pipeline_name, hit.execution_id)})
+                                                      records.execution_arn(self.pipeline_name, source)})
         self._record_success(step, StepResult(properties=hit.properties or {}, metadata=metadata),
-                             cache_source=hit.execution_id)
+                             cache_source=source)
         return True
+
+
+def _append_log(path: Path, line: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(line.rstrip("\n") + "\n")
+    except OSError:
+        pass
 
 
 def _outputs_exist(step_type: str, properties: dict[str, Any]) -> bool:
