@@ -26,6 +26,7 @@ from inference import inference as handlers
 log = logging.getLogger("mlops.endpoint")
 DEFAULT_PORT = 8080
 DEFAULT_HOST = "127.0.0.1"
+DRAIN_FACTOR = 4
 
 
 def _error(resp: falcon.Response, status: int, message: str) -> None:
@@ -48,12 +49,34 @@ class Invocations:
         self.model = model
         self.max_body = max_body
 
+    @staticmethod
+    def _stream(req: falcon.Request) -> Any:
+        # falcon's bounded_stream reads nothing without a Content-Length; gunicorn's wsgi.input decodes chunked
+        # bodies itself and ends where the body ends, so it is safe to read directly then.
+        return req.bounded_stream if req.content_length is not None else req.stream
+
+    def _drain(self, req: falcon.Request) -> None:
+        """Read and drop a moderately oversized body, so the client is reading when the 413 arrives.
+
+        Closing on unread data makes the kernel reset the connection and most clients then report a broken pipe
+        instead of the 413; bodies beyond DRAIN_FACTOR x the limit are not worth reading and are cut off.
+        """
+        budget = DRAIN_FACTOR * self.max_body
+        while budget > 0:
+            chunk = self._stream(req).read(min(1 << 16, budget))
+            if not chunk:
+                return
+            budget -= len(chunk)
+
     def _read_body(self, req: falcon.Request) -> bytes:
         length = req.content_length
-        if length is not None and length > self.max_body:  # refused before reading a byte of it
+        if length is not None and length > self.max_body:  # refused from the headers, body never kept
+            if length <= DRAIN_FACTOR * self.max_body:
+                self._drain(req)
             raise handlers.InferenceError(413, f"body of {length} bytes exceeds the limit of {self.max_body}")
-        body = req.bounded_stream.read(self.max_body + 1)
+        body = self._stream(req).read(self.max_body + 1)
         if len(body) > self.max_body:  # chunked bodies carry no Content-Length
+            self._drain(req)
             raise handlers.InferenceError(413, f"body exceeds the limit of {self.max_body} bytes")
         return body
 
