@@ -158,8 +158,17 @@ def _run_local(config: PipelineConfig, built: dict[str, Any], overrides: dict[st
         from pipelines.local import commands
     except ImportError as exc:
         _fail(f"the local executor is not available ({exc})")
-    execution_id = commands.run(built, overrides, pipeline_name=config.pipeline_name, wait=wait)
+    try:
+        execution_id = commands.run(built, overrides, pipeline_name=config.pipeline_name, wait=wait)
+    except ValueError as exc:  # the executor's DefinitionError / ParameterError: nothing ran
+        _fail(str(exc))
     click.echo(execution_id)
+    if wait:
+        described = commands.describe_execution(execution_id)
+        status = described.get("PipelineExecutionStatus")
+        if status != "Succeeded":
+            reason = described.get("FailureReason")
+            _fail(f"execution {execution_id} ended {status}" + (f": {reason}" if reason else ""))
 
 
 def _run_sagemaker(config: PipelineConfig, built: dict[str, Any], overrides: dict[str, str], wait: bool,
@@ -207,7 +216,7 @@ def list_executions(ctx: click.Context, target: str, as_json: bool) -> None:
             from pipelines.local import commands
         except ImportError as exc:
             _fail(f"the local executor is not available ({exc})")
-        rows = commands.list_executions()
+        rows = commands.list_executions(config.pipeline_name)
     else:
         from pipelines.sagemaker_driver import DriverError, SageMakerDriver
 
@@ -221,11 +230,17 @@ def list_executions(ctx: click.Context, target: str, as_json: bool) -> None:
     if not rows:
         click.echo("no executions")
         return
-    for row in rows:
-        identifier = row.get("PipelineExecutionArn") or row.get("execution_id") or row.get("ExecutionId") or ""
-        status = row.get("PipelineExecutionStatus") or row.get("status") or row.get("Status") or ""
-        started = row.get("StartTime") or row.get("started_at") or row.get("CreationTime") or ""
-        click.echo(f"{identifier}\t{status}\t{started}")
+    for row in rows:  # ListPipelineExecutions summaries from either target; the id is the ARN's last part
+        identifier = row.get("PipelineExecutionId") or str(row.get("PipelineExecutionArn", "")).rsplit("/", 1)[-1]
+        reason = row.get("PipelineExecutionFailureReason")
+        reason = "" if reason in (None, "", "None") else "\t" + _one_line(str(reason))
+        click.echo(f"{identifier}\t{row.get('PipelineExecutionStatus', '')}\t{row.get('StartTime', '')}{reason}")
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    """Failure reasons can hold a traceback; a table row shows its first line, shortened."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 @executions.command("describe")

@@ -142,7 +142,7 @@ def test_tuning_step(definition):
     ranges = config["ParameterRanges"]
     assert ranges["ContinuousParameterRanges"][0]["Name"] == "lr"
     assert ranges["ContinuousParameterRanges"][0]["ScalingType"] == "Logarithmic"
-    assert {r["Name"] for r in ranges["CategoricalParameterRanges"]} == {"batch-size", "kernel-size"}
+    assert {r["Name"] for r in ranges["CategoricalParameterRanges"]} == {"batch-size", "architecture"}
     assert [r["Name"] for r in ranges["IntegerParameterRanges"]] == ["epochs"]
     definition_job = tuning["TrainingJobDefinition"]
     assert definition_job["AlgorithmSpecification"]["MetricDefinitions"] == CNN_METRIC_DEFINITIONS

@@ -156,7 +156,7 @@ def test_cli_run_sagemaker_and_executions(aws, monkeypatch):
     assert "already staged" in again.output
 
     listed = runner.invoke(main, ["executions", "list", "--target", "sagemaker"])
-    assert listed.exit_code == 0 and execution_arn in listed.output
+    assert listed.exit_code == 0 and execution_arn.rsplit("/", 1)[-1] in listed.output
     described = runner.invoke(main, ["executions", "describe", execution_arn.rsplit("/", 1)[-1],
                                      "--target", "sagemaker"])
     assert described.exit_code == 0, described.output

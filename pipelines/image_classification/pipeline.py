@@ -389,7 +389,7 @@ def _build(region: str, role: str, default_bucket: str, pipeline_name: str, mode
             "lr": ContinuousParameter(0.001, 0.05, scaling_type="Logarithmic"),
             "batch-size": CategoricalParameter([64, 128, 256]),
             "epochs": IntegerParameter(2, 8),
-            "kernel-size": CategoricalParameter([3, 5]),
+            "architecture": CategoricalParameter(["compact", "keras"]),
         },
         strategy=params.tuning_strategy,
         max_jobs=params.tuning_max_jobs,
@@ -464,8 +464,8 @@ def _build(region: str, role: str, default_bucket: str, pipeline_name: str, mode
     step_fail = FailStep(
         name=STEPS.fail,
         error_message=Join(on=" ", values=[
-            "CNN accuracy", cnn_accuracy, "is below the threshold", params.accuracy_threshold,
-            "or the XGBoost baseline accuracy", baseline_accuracy, "; the model was not registered.",
+            "CNN accuracy", cnn_accuracy, "must be >= the threshold", params.accuracy_threshold,
+            "and >= the XGBoost baseline accuracy", baseline_accuracy, "; the model was not registered",
         ]),
     )
     step_condition = ConditionStep(

@@ -1,0 +1,82 @@
+"""`mlops run` (local target, the default) stages code and data, then hands the built definition to
+pipelines.local.commands; failures there become a clear message and a non-zero exit."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from pipelines import staging
+
+
+@pytest.fixture
+def local(monkeypatch, tmp_path):
+    from pipelines.local import commands
+
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    for var in ("MLOPS_ROLE_ARN", "MLOPS_BUCKET", "MLOPS_PIPELINE_NAME", "MLOPS_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    calls = {}
+    status = {"value": "Succeeded"}
+
+    def run(definition, parameters, *, pipeline_name, wait=True):
+        if parameters.get("CnnEpochs") == "0":
+            raise ValueError("CnnEpochs: must be positive")
+        calls.update(definition=definition, parameters=parameters, pipeline_name=pipeline_name, wait=wait)
+        return "exec123"
+
+    monkeypatch.setattr(commands, "run", run)
+    monkeypatch.setattr(commands, "describe_execution", lambda execution_id: {
+        "PipelineExecutionStatus": status["value"], "FailureReason": "CNN accuracy 0.5 must be >= 0.99"})
+    return calls, status
+
+
+def test_run_local_is_the_default(local, tmp_path):
+    from pipelines.cli import main
+    from pipelines.local.store import s3_uri_to_path
+
+    calls, status = local
+    result = CliRunner().invoke(main, ["run", "--param", "CnnEpochs=2"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith("exec123")
+    assert calls["parameters"] == {"CnnEpochs": "2"} and calls["pipeline_name"] == "image-classification"
+    assert calls["wait"] is True
+    names = {step["Name"] for step in calls["definition"]["Steps"]}
+    assert {"Preprocess", "TrainCNN", "TuneCNN", "Evaluate", "CheckAccuracy"} <= names
+    # code and data were staged into the local store where the definition points
+    bundle = staging.collect_bundle()
+    staged = staging.code_location("mlops-local", "image-classification", bundle)
+    assert s3_uri_to_path(staged.tarball_uri).read_bytes() == bundle.tarball()
+    assert s3_uri_to_path("s3://mlops-local/data/mnist/train-labels-idx1-ubyte.gz").is_file()
+
+    status["value"] = "Failed"
+    failed = CliRunner().invoke(main, ["run", "--no-wait"])
+    assert calls["wait"] is False and failed.exit_code == 0  # not waited for: no status to judge
+    failed = CliRunner().invoke(main, ["run"])
+    assert failed.exit_code == 1 and "ended Failed: CNN accuracy 0.5" in failed.output
+
+
+def test_run_local_refuses_bad_parameters(local):
+    from pipelines.cli import main
+
+    calls, _ = local
+    for argv, message in ((["run", "--param", "CnnEpochs"], "expected Name=Value"),
+                          (["run", "--param", "Bogus=1"], "not a parameter of this pipeline"),
+                          (["run", "--param", "CnnEpochs=0"], "CnnEpochs: must be positive"),
+                          (["run", "--tag", "oops"], "--tag 'oops': expected Name=Value")):
+        result = CliRunner().invoke(main, argv)
+        assert result.exit_code == 1 and message in result.output, (argv, result.output)
+        assert "Traceback" not in result.output
+    assert calls == {}
+
+
+def test_definition_normalised_flag(monkeypatch):
+    import json
+
+    from pipelines.cli import main
+
+    monkeypatch.delenv("MLOPS_ROLE_ARN", raising=False)
+    result = CliRunner().invoke(main, ["definition", "--normalised"])
+    assert result.exit_code == 0
+    text = json.dumps(json.loads(result.output))
+    assert "/code/<code-hash>/" in text and "sagemaker_job_name" not in text
