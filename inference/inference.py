@@ -165,12 +165,34 @@ def _fuse_for_inference(module: Any) -> Any:
     if isinstance(module, nn.Sequential):
         layers = list(module)
         for i, layer in enumerate(layers):
-            if isinstance(layer, nn.Dropout):
+            if isinstance(layer, nn.modules.dropout._DropoutNd):  # Dropout, Dropout2d, ...: identity in eval
                 module[i] = nn.Identity()
             elif isinstance(layer, nn.BatchNorm2d) and i > 0 and isinstance(layers[i - 1], nn.Conv2d):
                 module[i - 1] = fuse_conv_bn_eval(layers[i - 1], layer)
                 module[i] = nn.Identity()
     return module
+
+
+def _compile_for_inference(net: Any, shape: list[int]) -> Any:
+    """TorchScript-freeze the network when that gives the same answers: about half the per-call overhead.
+
+    torch.jit is deprecated upstream, so any failure (or MLOPS_TORCHSCRIPT=0) keeps the eager network.
+    """
+    if os.environ.get("MLOPS_TORCHSCRIPT", "1") == "0":
+        return net
+    import torch
+
+    try:
+        probe = torch.rand(3, 1, int(shape[0]), int(shape[1]))
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frozen = torch.jit.freeze(torch.jit.trace(net, probe[:1]))
+            for batch in (probe[:1], probe):  # traced once, must hold for any batch size
+                if not torch.allclose(frozen(batch), net(batch), atol=1e-5, rtol=1e-4):
+                    return net
+        return frozen
+    except Exception:  # noqa: BLE001 - optimisation only: the eager network is always correct
+        return net
 
 
 def model_fn(model_dir: str) -> LoadedModel:
@@ -192,7 +214,7 @@ def model_fn(model_dir: str) -> LoadedModel:
     state = torch.load(os.path.join(model_dir, TORCH_WEIGHTS), map_location="cpu", weights_only=True)
     net.load_state_dict(state)
     net.eval()
-    return LoadedModel(config, _fuse_for_inference(net), "pytorch")
+    return LoadedModel(config, _compile_for_inference(_fuse_for_inference(net), shape), "pytorch")
 
 
 # -- input ------------------------------------------------------------------------------------------------------
@@ -277,7 +299,7 @@ def _from_csv(body: bytes) -> Batch:
 
 def _mnist_layout(gray: np.ndarray) -> np.ndarray:
     """MNIST's own recipe for an image of any size: crop to the ink, fit into 20x20, centre of mass at 14,14."""
-    ink = gray - float(np.median(_border(gray)))
+    ink = gray - _median(_border(gray))
     ink = np.clip(ink, 0, None)
     peak = float(ink.max())
     if peak <= 0:
@@ -306,6 +328,13 @@ def _border(gray: np.ndarray) -> np.ndarray:
     return np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
 
 
+def _median(values: np.ndarray) -> float:
+    """Median via one partition (np.median costs ~10x more on a request's hot path)."""
+    values = values.reshape(-1)
+    middle = len(values) // 2
+    return float(np.partition(values, middle)[middle])
+
+
 def _from_image(body: bytes, media_type: str) -> Batch:
     expected = IMAGE_TYPES[media_type]
     try:
@@ -329,8 +358,10 @@ def _from_image(body: bytes, media_type: str) -> Batch:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # drawn digits: ink on transparent
         image = Image.alpha_composite(background, rgba)
-    gray = np.asarray(image.convert("L"), dtype=np.float32)
-    if gray.size > 1 and float(np.median(_border(gray) if min(gray.shape) > 1 else gray)) > 127:
+    if image.mode != "L":
+        image = image.convert("L")
+    gray = np.frombuffer(image.tobytes(), dtype=np.uint8).reshape(image.height, image.width).astype(np.float32)
+    if _median(_border(gray) if min(gray.shape) > 1 else gray) > 127:
         gray = 255.0 - gray  # MNIST polarity: white digit on black
     if gray.shape != (28, 28):
         gray = _mnist_layout(gray)
@@ -366,14 +397,14 @@ def predict_fn(data: Batch, model: LoadedModel) -> Prediction:
     return Prediction(model.predict_proba(data.pixels), model.class_names, data.single)
 
 
-def _answer(probs: np.ndarray, names: list[str]) -> dict[str, Any]:
-    order = np.argsort(-probs, kind="stable")[: max(1, min(TOP_K, len(probs)))]
-    best = int(order[0])
+def _answer(probs: list[float], names: list[str]) -> dict[str, Any]:
+    order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[: max(1, TOP_K)]
+    best = order[0]
     return {
         "predicted_class": best,
         "class_name": names[best],
-        "confidence": float(probs[best]),
-        "top_k": [{"class": int(i), "class_name": names[int(i)], "probability": float(probs[int(i)])} for i in order],
+        "confidence": probs[best],
+        "top_k": [{"class": i, "class_name": names[i], "probability": probs[i]} for i in order],
     }
 
 
@@ -382,7 +413,7 @@ def output_fn(prediction: Prediction, accept: str | None) -> tuple[str, str]:
     wanted = [_media_type(part) for part in (accept or "").split(",") if part.strip()]
     if wanted and not any(w in (JSON_TYPE, "*/*", "application/*") for w in wanted):
         raise InferenceError(406, f"cannot answer in {accept!r}; this endpoint answers {JSON_TYPE}")
-    answers = [_answer(row, prediction.class_names) for row in prediction.probabilities]
+    answers = [_answer(row, prediction.class_names) for row in np.asarray(prediction.probabilities, float).tolist()]
     for answer in answers:
         if not math.isfinite(answer["confidence"]):
             raise InferenceError(500, "the model produced non-finite probabilities")

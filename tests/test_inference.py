@@ -249,3 +249,15 @@ def test_unacceptable_accept_is_406(cnn, mnist):
     assert status_of(lambda: h.output_fn(prediction, "text/csv")) == 406
     assert json.loads(h.output_fn(prediction, "text/html, application/json;q=0.9")[0])["top_k"]
     assert json.loads(h.output_fn(prediction, "*/*")[0])["top_k"]
+
+
+def test_torchscript_and_eager_give_the_same_answers(cnn_dir, cnn, mnist, monkeypatch):
+    import torch
+
+    assert isinstance(cnn.predictor, torch.jit.ScriptModule)  # the fast path is really taken
+    monkeypatch.setenv("MLOPS_TORCHSCRIPT", "0")
+    eager = h.model_fn(str(cnn_dir))
+    assert not isinstance(eager.predictor, torch.jit.ScriptModule)
+    images = mnist[0][:8].astype(np.float32)
+    for batch in (images[:1], images):
+        assert np.allclose(eager.predict_proba(batch), cnn.predict_proba(batch), atol=1e-5)
