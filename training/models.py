@@ -18,6 +18,16 @@ from torch import nn
 ARCHITECTURES = ("compact", "keras")
 
 
+def _shrinking_padding(kernel_size: int) -> int:
+    """Padding that makes every kernel size shrink the map by 2 pixels, as a valid 3x3 does.
+
+    So ``kernel_size`` changes the receptive field, not the layout: 5 and 7 fit 28x28 inputs too.
+    """
+    if kernel_size < 3 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be an odd number >= 3, got {kernel_size}")
+    return (kernel_size - 3) // 2
+
+
 def _conv_bn(in_ch: int, out_ch: int, kernel: int, padding: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, kernel, padding=padding, bias=False),
@@ -36,15 +46,16 @@ class CompactNet(nn.Module):
                  dropout: float = 0.05, image_size: int = 28) -> None:
         super().__init__()
         k = kernel_size
+        shrink = _shrinking_padding(k)
         half = max(width // 2, 4)
         self.features = nn.Sequential(
-            _conv_bn(in_channels, half, k, 0, dropout),
-            _conv_bn(half, width, k, 0, dropout),
+            _conv_bn(in_channels, half, k, shrink, dropout),
+            _conv_bn(half, width, k, shrink, dropout),
             nn.MaxPool2d(2),
             _conv_bn(width, half, 1, 0, dropout),
-            _conv_bn(half, width, k, 0, dropout),
-            _conv_bn(width, width, k, 0, dropout),
-            _conv_bn(width, width, k, 1, dropout),
+            _conv_bn(half, width, k, shrink, dropout),
+            _conv_bn(width, width, k, shrink, dropout),
+            _conv_bn(width, width, k, k // 2, dropout),
         )
         with torch.no_grad():
             out = self.features(torch.zeros(1, in_channels, image_size, image_size))
@@ -62,11 +73,11 @@ class KerasNet(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 1, kernel_size: int = 3, width: int = 32,
                  dropout: float = 0.5, image_size: int = 28) -> None:
         super().__init__()
-        k = kernel_size
+        k, pad = kernel_size, _shrinking_padding(kernel_size)
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, k), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, k), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 2 * width, k), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, width, k, padding=pad), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, k, padding=pad), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, k, padding=pad), nn.ReLU(inplace=True),
         )
         with torch.no_grad():
             flat = self.features(torch.zeros(1, in_channels, image_size, image_size)).numel()
