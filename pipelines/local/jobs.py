@@ -75,8 +75,8 @@ def _tail(path: Path, lines: int = 8) -> str:
 
 def run_process(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path,
                 on_line: Callable[[str], bool | None] | None = None, timeout_s: float | None = None,
-                failure_file: Path | None = None, what: str = "job") -> None:
-    """Run ``argv`` to completion; raise :class:`JobFailed` unless it exits 0.
+                failure_file: Path | None = None, what: str = "job") -> float:
+    """Run ``argv`` to completion and return its wall time in seconds; raise :class:`JobFailed` unless it exits 0.
 
     ``on_line`` sees every output line; returning True asks the job to stop (SIGTERM, then SIGKILL after
     10 s), which ends it as Stopped. ``timeout_s`` is MaxRuntimeInSeconds.
@@ -85,6 +85,7 @@ def run_process(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Pa
     command = [sys.executable, "-c", _PDEATHSIG_SHIM, str(os.getpid()), *argv] if sys.platform == "linux" else argv
     with open(log_path, "ab", buffering=0) as log:
         log.write(f"[mlops] {time.strftime('%Y-%m-%dT%H:%M:%S')} start: {' '.join(argv)}\n".encode())
+        began = time.perf_counter()
         try:
             process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
@@ -120,6 +121,7 @@ def run_process(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Pa
                     except Exception as exc:  # a broken callback must not hang the job  # noqa: BLE001
                         log.write(f"[mlops] progress callback failed: {exc}\n".encode())
             code = process.wait()
+            elapsed = time.perf_counter() - began
         except BaseException:
             _killpg(process.pid)
             process.wait()
@@ -131,7 +133,7 @@ def run_process(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Pa
                 _ACTIVE.discard(process.pid)
         log.write(f"[mlops] {time.strftime('%Y-%m-%dT%H:%M:%S')} exit code {code}\n".encode())
     if code == 0 and not stop_reason:
-        return
+        return elapsed
     if STOPPING.is_set():
         raise JobFailed(f"the {what} was stopped with the execution", None, status="Stopped")
     if stop_reason:

@@ -97,7 +97,9 @@ def run(step: StepRun) -> StepResult:
         entrypoint[0] = sys.executable
     argv = entrypoint + [paths.rewrite(str(x)) for x in app.get("ContainerArguments") or []]
 
+    asked = time.perf_counter()
     cpus = step.pool.acquire(ticket=step.ticket)
+    cpu_wait_s = time.perf_counter() - asked
     try:
         env = dict(os.environ)
         env.update({k: str(v) for k, v in (args.get("Environment") or {}).items()})
@@ -112,7 +114,7 @@ def run(step: StepRun) -> StepResult:
         step.reporter.step_progress(step.step_name, f"{cpus} cpu")
         stopping = args.get("StoppingCondition") or {}
         try:
-            run_process(argv, cwd=root, env=env, log_path=step.log_path,
+            process_s = run_process(argv, cwd=root, env=env, log_path=step.log_path,
                         timeout_s=stopping.get("MaxRuntimeInSeconds"), what="processing job")
         except JobFailed as exc:
             records.finish_job(name, "Failed", failure_reason=exc.reason)
@@ -140,9 +142,10 @@ def run(step: StepRun) -> StepResult:
         "ProcessingEndTime": ended,
         "ExitMessage": "",
     }
-    records.finish_job(name, "Completed", properties=properties)
+    records.finish_job(name, "Completed", properties=properties, process_seconds=process_s)
     property_files = read_property_files(step.raw_step.property_files, properties)
-    metadata = {"ProcessingJob": {"Arn": properties["ProcessingJobArn"]}, "Inputs": inputs, "Cpus": cpus}
+    metadata = {"ProcessingJob": {"Arn": properties["ProcessingJobArn"]}, "Inputs": inputs, "Cpus": cpus,
+                "ProcessSeconds": round(process_s, 4), "CpuWaitSeconds": round(cpu_wait_s, 4)}
     if property_files:
         metadata["PropertyFiles"] = property_files
     return StepResult(properties=properties, metadata=metadata)

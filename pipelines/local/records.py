@@ -83,7 +83,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     metrics TEXT,
     final_metrics TEXT,
     properties TEXT,
-    log_path TEXT
+    log_path TEXT,
+    process_seconds REAL,
+    cpu_wait_seconds REAL,
+    creation_time REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_execution ON jobs(execution_id, step_name);
 """
@@ -362,11 +365,12 @@ def find_cached_step(pipeline_name: str, step_name: str, cache_key: str, not_bef
 
 def start_job(job_name: str, job_type: str, execution_id: str, step_name: str, *, parent_job: str | None = None,
               hyperparameters: dict[str, Any] | None = None, log_path: str | None = None) -> None:
+    now = time.time()
     with connection() as conn:
         conn.execute(
             "INSERT OR REPLACE INTO jobs(job_name, job_type, execution_id, step_name, parent_job, status, start_time,"
-            " hyperparameters, log_path) VALUES (?,?,?,?,?,?,?,?,?)",
-            (job_name, job_type, execution_id, step_name, parent_job, "InProgress", time.time(),
+            " creation_time, hyperparameters, log_path) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (job_name, job_type, execution_id, step_name, parent_job, "InProgress", now, now,
              _dumps(hyperparameters), log_path),
         )
 
@@ -381,13 +385,14 @@ def job_running(job_name: str) -> float:
 
 def finish_job(job_name: str, status: str, *, failure_reason: str | None = None,
                metrics: dict[str, list[float]] | None = None, final_metrics: dict[str, float] | None = None,
-               properties: dict[str, Any] | None = None) -> None:
+               properties: dict[str, Any] | None = None, process_seconds: float | None = None,
+               cpu_wait_seconds: float | None = None) -> None:
     with connection() as conn:
         conn.execute(
             "UPDATE jobs SET status = ?, end_time = ?, failure_reason = ?, metrics = ?, final_metrics = ?,"
-            " properties = ? WHERE job_name = ?",
+            " properties = ?, process_seconds = ?, cpu_wait_seconds = ? WHERE job_name = ?",
             (status, time.time(), failure_reason, _dumps(metrics), _dumps(final_metrics), _dumps(properties),
-             job_name),
+             process_seconds, cpu_wait_seconds, job_name),
         )
 
 
