@@ -143,7 +143,8 @@ def default_workers() -> int:
 
 def serve(model_dir: str | os.PathLike[str], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           workers: int | None = None, threads: int = 1, timeout: int = 30, pidfile: str | None = None,
-          log_level: str = "warning", access_log: str | None = None) -> None:
+          log_level: str = "warning", access_log: str | None = None, worker_class: str = "sync",
+          connections: int = 4) -> None:
     """Run gunicorn in the foreground until SIGINT/SIGTERM (graceful: in-flight requests finish)."""
     from gunicorn.app.base import BaseApplication
 
@@ -155,7 +156,8 @@ def serve(model_dir: str | os.PathLike[str], host: str = DEFAULT_HOST, port: int
             settings = {
                 "bind": f"{host}:{port}" if ":" not in host else f"[{host}]:{port}",
                 "workers": workers or default_workers(),
-                "worker_class": "sync",
+                "worker_class": worker_class,
+                "threads": connections if worker_class == "gthread" else 1,
                 "timeout": timeout,
                 "graceful_timeout": 10,
                 "keepalive": 5,
@@ -186,12 +188,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--workers", type=int, default=None, help="gunicorn workers (default: cores, at least 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--worker-class", choices=["sync", "gthread"], default="sync",
+                        help="sync: one request at a time per worker; gthread: keep-alive connections")
+    parser.add_argument("--connections", type=int, default=4, help="gthread: connection threads per worker")
     parser.add_argument("--pidfile", default=None)
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
     try:
         serve(args.model_dir, args.host, args.port, args.workers, args.threads, pidfile=args.pidfile,
-              log_level=args.log_level)
+              log_level=args.log_level, worker_class=args.worker_class, connections=args.connections)
     except (FileNotFoundError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
