@@ -9,7 +9,9 @@ with the baseline's figures under ``baseline``, and ``confusion_matrix.png``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -28,6 +30,8 @@ from training.datasets import DatasetError, load_manifest, load_split
 LOG = logging.getLogger("evaluate")
 MODEL_ARCHIVE = "model.tar.gz"
 BOOTSTRAP_ROUNDS = 100
+# SageMaker's PyTorch processing image has no xgboost; the baseline needs it (models from the 1.7 container load in 3.x).
+XGBOOST_REQUIREMENT = "xgboost>=1.7,<4"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -109,8 +113,18 @@ def plot_confusion(matrix_json: dict, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def ensure_xgboost() -> None:
+    """Install xgboost into the job's container when its image lacks it, as FrameworkProcessor does with requirements."""
+    if importlib.util.find_spec("xgboost") is not None:
+        return
+    LOG.info("xgboost is not in this image: installing %s", XGBOOST_REQUIREMENT)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", XGBOOST_REQUIREMENT], check=True)
+
+
 def run(args: argparse.Namespace) -> dict:
     from inference.inference import model_fn
+
+    ensure_xgboost()
 
     started = time.perf_counter()
     test_dir = Path(args.test_dir)
