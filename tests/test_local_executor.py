@@ -287,3 +287,37 @@ def test_two_concurrent_executions_keep_their_artifacts_apart(uris):
     versions = {a["Register-RegisterModel"].properties["ModelPackageVersion"],
                 b["Register-RegisterModel"].properties["ModelPackageVersion"]}
     assert versions == {1, 2}
+
+
+def test_sigterm_stops_the_execution_and_its_jobs(home):
+    runner = _spawn_runner(home, {"Sleep": "1.0", "Epochs": "5"})
+    try:
+        def training_started():
+            executions = records.list_executions() if store.db_path().exists() else []
+            if executions and _job_processes(home):
+                return executions[0].execution_id
+            return None
+
+        execution_id = _wait_for(training_started)
+        runner.send_signal(signal.SIGTERM)
+        runner.wait(30)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    _wait_for(lambda: not _job_processes(home), timeout=15)
+    described = commands.describe_execution(execution_id)
+    assert described["PipelineExecutionStatus"] == "Stopped"
+    steps = _steps(execution_id)
+    assert {s.status for s in steps.values()} <= {"Succeeded", "Stopped"}
+    assert any(s.status == "Stopped" for s in steps.values())
+    assert commands.retry(execution_id, stream=io.StringIO()) == "Succeeded"
+
+
+def test_tuning_fails_when_no_trial_produces_the_objective(uris):
+    execution_id, _ = _run(sample.definition(uris), {"FailStep": "Tune"})
+    described = commands.describe_execution(execution_id)
+    assert described["PipelineExecutionStatus"] == "Failed"
+    assert "no training job of tuning job" in described["FailureReason"]
+    trials = [j for j in records.list_jobs(execution_id, "Tune") if j["job_type"] == "Training"]
+    assert len(trials) == 3 and all(j["status"] == "Failed" for j in trials)
+    assert all("Tune was told to fail" in j["failure_reason"] for j in trials)

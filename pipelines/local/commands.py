@@ -125,6 +125,8 @@ def execute(execution_id: str, *, stream: TextIO | None = None, cpus: int | None
             if state == "Succeeded":
                 reporter.step_status(name, "Succeeded", "kept from the earlier run")
         status = engine.run()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the engine stopped the jobs and recorded Stopped
+        status = records.STOPPED
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)

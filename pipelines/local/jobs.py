@@ -81,6 +81,8 @@ def run_process(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Pa
     ``on_line`` sees every output line; returning True asks the job to stop (SIGTERM, then SIGKILL after
     10 s), which ends it as Stopped. ``timeout_s`` is MaxRuntimeInSeconds.
     """
+    if STOPPING.is_set():
+        raise JobFailed(f"the {what} was not started: the execution is stopping", None, status="Stopped")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-c", _PDEATHSIG_SHIM, str(os.getpid()), *argv] if sys.platform == "linux" else argv
     with open(log_path, "ab", buffering=0) as log:

@@ -132,7 +132,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
                      f"({summary.get('model_approval_status')})")
         if summary.get("model_approval_status") == "PendingManualApproval":
             lines.append(f"  next: mlops registry approve --version {version}")
-    elif summary["status"] == "Failed":
+    elif summary["status"] in ("Failed", "Stopped"):
         lines.append(f"  next: mlops executions logs {summary['execution_id']}   "
                      f"(then: mlops executions retry {summary['execution_id']})")
     return lines

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.local import records, store
-from pipelines.local.jobs import JobFailed, extract_tar, pack_dir, run_process
+from pipelines.local.jobs import STOPPING, JobFailed, extract_tar, pack_dir, run_process
 from pipelines.local.processing import _thread_env
 from pipelines.local.runtime import CpuPool, Reporter, StepResult, StepRun, Ticket
 from training.metrics import parse_metrics
@@ -158,6 +158,10 @@ def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: st
             pool.release(cpus)
     except JobFailed as exc:
         metrics = _final_metrics(log_path, definitions) or stream.series
+        if exc.status == "Stopped" and STOPPING.is_set():  # the whole execution is being stopped
+            records.finish_job(job_name, "Stopped", failure_reason=exc.reason, metrics=metrics,
+                               final_metrics=_last(metrics))
+            raise
         if exc.status == "Stopped":
             # Early stopping keeps what the job saved so far, as SageMaker does.
             record = _package(request, job_name, work_dir, created, started, metrics, hyperparameters, "Stopped")

@@ -26,7 +26,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol
 
 from pipelines.local import records
-from pipelines.local.jobs import JobFailed
+from pipelines.local.jobs import STOPPING, JobFailed
 from pipelines.local.runtime import Reporter, StepResult, StepRun
 from pipelines.local.training import run_training_job
 
@@ -294,7 +294,7 @@ def run(step: StepRun) -> StepResult:
                 progress_label=step.step_name, parent_job=name, cpu_cap=cpu_cap,
                 on_metrics=stopping.should_stop if stopping else None)
         except JobFailed as exc:
-            summary.update(TrainingJobStatus="Failed", FailureReason=exc.reason, ObjectiveStatus="Failed",
+            summary.update(TrainingJobStatus="Stopped" if exc.status == "Stopped" else "Failed", FailureReason=exc.reason, ObjectiveStatus="Failed",
                            TrainingEndTime=time.time())
             return summary
         final = {m["MetricName"]: m["Value"] for m in record["FinalMetricDataList"]}
@@ -319,8 +319,8 @@ def run(step: StepRun) -> StepResult:
             open(log, "a", encoding="utf-8") as step_log:
         running: dict[Future, dict[str, str]] = {}
         exhausted = False
-        while running or (launched < max_jobs and not exhausted):
-            while len(running) < max_parallel and launched < max_jobs and not exhausted:
+        while running or (launched < max_jobs and not exhausted and not STOPPING.is_set()):
+            while len(running) < max_parallel and launched < max_jobs and not exhausted and not STOPPING.is_set():
                 tuned = strategy.suggest()
                 if tuned is None:
                     exhausted = True
@@ -345,6 +345,9 @@ def run(step: StepRun) -> StepResult:
                                f"{metric}={value}\n")
                 step_log.flush()
 
+    if STOPPING.is_set():
+        records.finish_job(name, "Stopped", failure_reason="stopped with the execution")
+        raise JobFailed("the tuning job was stopped with the execution", status="Stopped")
     scored = [s for s in summaries if s.get("ObjectiveStatus") == "Succeeded"]
     scored.sort(key=lambda s: s["FinalHyperParameterTuningJobObjectiveMetric"]["Value"], reverse=maximize)
     ordered = scored + [s for s in summaries if s not in scored]
