@@ -127,7 +127,10 @@ def test_training_steps_use_script_mode_from_the_tarball(definition):
         assert [c["ChannelName"] for c in arguments["InputDataConfig"]] == ["train", "validation"]
     cnn = steps["TrainCNN"]["Arguments"]["HyperParameters"]
     assert set(cnn) >= {"epochs", "batch-size", "lr", "architecture"}
-    assert cnn["architecture"] == {"Get": "Parameters.CnnArchitecture"}
+    # The final training takes the tuner's best lr/batch size/architecture (pipeline.TUNED_FINAL_HYPERPARAMETERS)
+    assert cnn["architecture"] == {"Std:Join": {"On": "", "Values": [
+        {"Get": "Steps.TuneCNN.BestTrainingJob.TunedHyperParameters['architecture']"}]}}
+    assert cnn["epochs"] == {"Std:Join": {"On": "", "Values": [{"Get": "Parameters.CnnEpochs"}]}}
     assert "num-round" in steps["TrainXGBoost"]["Arguments"]["HyperParameters"]
 
 
@@ -182,8 +185,9 @@ def test_parameters_and_defaults(definition):
     parameters = {p["Name"]: p for p in definition["Parameters"]}
     defaults = {name: p.get("DefaultValue") for name, p in parameters.items()}
     assert defaults["ModelApprovalStatus"] == "PendingManualApproval"
-    assert defaults["CnnEpochs"] == 6 and defaults["CnnBatchSize"] == 128 and defaults["CnnLearningRate"] == 0.01
-    assert defaults["CnnArchitecture"] == "compact" and defaults["XGBoostNumRound"] == 300
+    assert defaults["CnnEpochs"] == 6 and defaults["XGBoostNumRound"] == 300
+    # lr, batch size and architecture come from TuneCNN's best trial, so they are not parameters by default
+    assert not {"CnnBatchSize", "CnnLearningRate", "CnnArchitecture"} & set(defaults)
     assert defaults["AccuracyThreshold"] == 0.99
     assert defaults["TuningMaxJobs"] == 4 and defaults["TuningMaxParallelJobs"] == 2
     assert defaults["TrainingInstanceType"] == "ml.m5.xlarge" and defaults["ProcessingInstanceType"] == "ml.m5.large"

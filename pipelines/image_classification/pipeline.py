@@ -37,15 +37,26 @@ import boto3
 import botocore.session
 from botocore.credentials import CredentialResolver
 from sagemaker import image_uris
+from sagemaker.debugger import (
+    CollectionConfig,
+    DataloaderProfilingConfig,
+    DebuggerHookConfig,
+    DetailedProfilingConfig,
+    FrameworkProfile,
+    ProfilerConfig,
+    Rule,
+    rule_configs,
+)
 from sagemaker.inputs import TrainingInput
 from sagemaker.model import Model
 from sagemaker.model_metrics import MetricsSource, ModelMetrics
 from sagemaker.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter
 from sagemaker.processing import ProcessingInput, ProcessingOutput, Processor
 from sagemaker.pytorch import PyTorch
-from sagemaker.tuner import HyperparameterTuner
+from sagemaker.tuner import HyperbandStrategyConfig, HyperparameterTuner, StrategyConfig
 from sagemaker.workflow.condition_step import ConditionStep
 from sagemaker.workflow.conditions import ConditionGreaterThanOrEqualTo
+from sagemaker.workflow.execution_variables import ExecutionVariables
 from sagemaker.workflow.fail_step import FailStep
 from sagemaker.workflow.functions import Join, JsonGet
 from sagemaker.workflow.model_step import ModelStep
@@ -79,7 +90,36 @@ TRANSFORM_INSTANCE_TYPES = ["ml.m5.large", "ml.m5.xlarge"]
 
 # Which CNN the pipeline evaluates and registers: "TrainCNN" (the final training run) or "TuneCNN"
 # (the tuner's best training job). The one place that choice is made; see _cnn_model_data().
+# TrainCNN is the default: the trials train on TUNING_TRAIN_FRACTION of the data for 2-3 epochs (cheap enough to
+# run several inside the time target), so the best trial's model is a good *ranking* of hyperparameters but a
+# weak model; TrainCNN trains once on all the data for CnnEpochs with the best trial's lr, batch size and
+# architecture (TUNED_FINAL_HYPERPARAMETERS, read from TuneCNN's BestTrainingJob.TunedHyperParameters).
 REGISTERED_MODEL_SOURCE = "TrainCNN"
+# Hyperparameters TrainCNN takes from the tuner's best trial. The tuned epoch count is not among them: it is a
+# budget on the subset, not a count for the full data (CnnEpochs is).
+TUNED_FINAL_HYPERPARAMETERS = ("lr", "batch-size", "architecture")
+
+# Tuning: trials see a stratified 30% of the training split (the dog-breed reference tuned on 30%).
+TUNING_TRAIN_FRACTION = 0.3
+TUNING_STRATEGIES = ("Bayesian", "Random", "Grid", "Hyperband")
+# Bayesian and Random search the same ranges, so the choice between them is a pipeline parameter. Grid (every
+# range categorical) and Hyperband (epochs become the resource, StrategyConfig, no TrainingJobEarlyStoppingType)
+# change the shape of the tuning job, which a parameter cannot do: choose them when building the definition,
+# get_pipeline(tuning_strategy=...) or MLOPS_TUNING_STRATEGY.
+TUNING_STRATEGY_ENV = "MLOPS_TUNING_STRATEGY"
+HYPERBAND_MAX_EPOCHS = 4
+
+# Debugger: what the hook saves (every DEBUG_SAVE_INTERVAL train steps; losses every LOSS_SAVE_INTERVAL and every
+# evaluation) and the built-in rules run against it. StopTraining is attached to the rules that mean the run is
+# broken; Overfit and Overtraining only report (the final training is short and regularised).
+DEBUG_SAVE_INTERVAL = 50
+LOSS_SAVE_INTERVAL = 10
+STOPPING_RULES = ("VanishingGradient", "PoorWeightInitialization", "LossNotDecreasing")
+POOR_INIT_STEPS = 10  # PoorWeightInitialization's documented `steps`
+# Profiler: system metrics every 500 ms; framework profiling (torch.profiler) for a window of training steps.
+PROFILER_INTERVAL_MS = 500
+PROFILE_START_STEP = 5
+PROFILE_NUM_STEPS = 10
 
 
 @dataclass(frozen=True)
@@ -195,24 +235,27 @@ class Parameters:
     max_train_samples: ParameterInteger
     max_test_samples: ParameterInteger
     cnn_epochs: ParameterInteger
-    cnn_batch_size: ParameterInteger
-    cnn_learning_rate: ParameterFloat
-    cnn_architecture: ParameterString
     xgboost_num_round: ParameterInteger
     tuning_max_jobs: ParameterInteger
     tuning_max_parallel_jobs: ParameterInteger
-    tuning_strategy: ParameterString
-    tuning_early_stopping: ParameterString
     accuracy_threshold: ParameterFloat
     model_approval_status: ParameterString
+    # Declared only when the definition uses them: the CNN's own hyperparameters when TrainCNN does not take the
+    # tuner's (TUNED_FINAL_HYPERPARAMETERS), the strategy/early-stopping choice for Bayesian and Random tuning.
+    cnn_batch_size: ParameterInteger | None = None
+    cnn_learning_rate: ParameterFloat | None = None
+    cnn_architecture: ParameterString | None = None
+    tuning_strategy: ParameterString | None = None
+    tuning_early_stopping: ParameterString | None = None
 
     def as_list(self) -> list:
-        return list(vars(self).values())
+        return [value for value in vars(self).values() if value is not None]
 
 
-def make_parameters(default_bucket: str, input_prefix: str = "data/mnist") -> Parameters:
+def make_parameters(default_bucket: str, input_prefix: str = "data/mnist", *, tuning_strategy: str = "Bayesian",
+                    tuned_final: tuple[str, ...] = TUNED_FINAL_HYPERPARAMETERS) -> Parameters:
     """Defaults suit a local full-MNIST run on 2 CPU cores; SageMaker runs override them with --param."""
-    return Parameters(
+    params = Parameters(
         input_data=ParameterString("InputDataUrl", default_value=f"s3://{default_bucket}/{input_prefix}/"),
         processing_instance_type=ParameterString("ProcessingInstanceType", default_value="ml.m5.large"),
         processing_instance_count=ParameterInteger("ProcessingInstanceCount", default_value=1),
@@ -221,21 +264,28 @@ def make_parameters(default_bucket: str, input_prefix: str = "data/mnist") -> Pa
         max_train_samples=ParameterInteger("MaxTrainSamples", default_value=0),
         max_test_samples=ParameterInteger("MaxTestSamples", default_value=0),
         cnn_epochs=ParameterInteger("CnnEpochs", default_value=6),
-        cnn_batch_size=ParameterInteger("CnnBatchSize", default_value=128),
-        cnn_learning_rate=ParameterFloat("CnnLearningRate", default_value=0.01),
-        cnn_architecture=ParameterString("CnnArchitecture", default_value="compact", enum_values=["compact", "keras"]),
         xgboost_num_round=ParameterInteger("XGBoostNumRound", default_value=300),
         tuning_max_jobs=ParameterInteger("TuningMaxJobs", default_value=4),
         tuning_max_parallel_jobs=ParameterInteger("TuningMaxParallelJobs", default_value=2),
-        tuning_strategy=ParameterString("TuningStrategy", default_value="Bayesian", enum_values=["Bayesian", "Random"]),
-        tuning_early_stopping=ParameterString("TuningEarlyStoppingType", default_value="Auto",
-                                              enum_values=["Auto", "Off"]),
         accuracy_threshold=ParameterFloat("AccuracyThreshold", default_value=0.99),
         model_approval_status=ParameterString(
             "ModelApprovalStatus", default_value="PendingManualApproval",
             enum_values=["PendingManualApproval", "Approved", "Rejected"],
         ),
     )
+    if "batch-size" not in tuned_final:
+        params.cnn_batch_size = ParameterInteger("CnnBatchSize", default_value=128)
+    if "lr" not in tuned_final:
+        params.cnn_learning_rate = ParameterFloat("CnnLearningRate", default_value=0.01)
+    if "architecture" not in tuned_final:
+        params.cnn_architecture = ParameterString("CnnArchitecture", default_value="compact",
+                                                  enum_values=["compact", "keras"])
+    if tuning_strategy in ("Bayesian", "Random"):
+        params.tuning_strategy = ParameterString("TuningStrategy", default_value=tuning_strategy,
+                                                 enum_values=["Bayesian", "Random"])
+        params.tuning_early_stopping = ParameterString("TuningEarlyStoppingType", default_value="Auto",
+                                                       enum_values=["Auto", "Off"])
+    return params
 
 
 def _processor(role: str, image_uri: str, script: str, params: Parameters, session: PipelineSession,
@@ -265,6 +315,146 @@ def _cnn_model_data(train_step: TrainingStep, tune_step: TuningStep, bucket: str
     raise ValueError(f"REGISTERED_MODEL_SOURCE={REGISTERED_MODEL_SOURCE!r}: expected TrainCNN or TuneCNN")
 
 
+class _DebuggedPyTorch(PyTorch):
+    """The SDK gathers DebugHookConfig's collections in a set, whose order changes with PYTHONHASHSEED; sort them
+    so the same settings always give the same definition (cache keys, snapshot)."""
+
+    def _prepare_collection_configs(self) -> None:
+        super()._prepare_collection_configs()
+        self.collection_configs = sorted(self.collection_configs, key=lambda c: c.name)
+
+    def _prepare_debugger_rules(self) -> list:
+        """StopTraining stops the jobs whose names start with a prefix; the SDK uses the estimator's timestamped
+        job name, which a pipeline never uses. Pipelines name the job ``pipelines-<execution id>-<step>-...``, so
+        the prefix is built from the execution id at run time (and the definition stays the same per build)."""
+        configs = super()._prepare_debugger_rules()
+        for config in configs:
+            parameters = config.get("RuleParameters") or {}
+            if "action_json" in parameters:
+                marker = "PREFIXMARKER"
+                actions = rule_configs.ActionList(rule_configs.StopTraining(marker)).serialize()
+                before, after = actions.split(marker)
+                parameters["action_json"] = Join(on="", values=[
+                    before + "pipelines-", ExecutionVariables.PIPELINE_EXECUTION_ID, f"-{STEPS.train_cnn}" + after])
+        return configs
+
+
+def debugger_rules() -> list:
+    """The built-in rules on TrainCNN; StopTraining on the ones that mean the run is broken."""
+    rules = []
+    for config in (rule_configs.vanishing_gradient(), rule_configs.overfit(), rule_configs.overtraining(),
+                   rule_configs.poor_weight_initialization(), rule_configs.loss_not_decreasing()):
+        name = config["DebugRuleConfiguration"]["RuleConfigurationName"]
+        actions = rule_configs.ActionList(rule_configs.StopTraining()) if name in STOPPING_RULES else None
+        rule = Rule.sagemaker(config, actions=actions)
+        # The hook config below saves what every rule reads, at our intervals; the rules' own defaults (every
+        # 500 steps) would add a second entry per collection name to DebugHookConfig.
+        rule.collection_configs = []
+        rules.append(rule)
+    return rules
+
+
+def debugger_hook_config(s3_output_path: str) -> DebuggerHookConfig:
+    """What the smdebug hook in train_cnn.py saves: the collections the rules read, and ReLU outputs."""
+    every = {"save_interval": str(DEBUG_SAVE_INTERVAL)}
+    return DebuggerHookConfig(
+        s3_output_path=s3_output_path,
+        hook_parameters=every,
+        collection_configs=[
+            CollectionConfig("losses", parameters={"train.save_interval": str(LOSS_SAVE_INTERVAL),
+                                                   "eval.save_interval": "1"}),
+            CollectionConfig("gradients", parameters=every),
+            CollectionConfig("weights", parameters=every),
+            CollectionConfig("biases", parameters=every),
+            CollectionConfig("relu_output", parameters={"include_regex": ".*relu_output", **every,
+                                                        "reductions": "mean,variance,min,max"}),
+            # PoorWeightInitialization looks at the first steps' activation inputs only.
+            CollectionConfig("relu_input", parameters={"include_regex": ".*relu_input", "save_interval": "1",
+                                                       "end_step": str(POOR_INIT_STEPS),
+                                                       "reductions": "mean,variance,min,max"}),
+        ],
+    )
+
+
+def profiler_config(s3_output_path: str, start_step: int = PROFILE_START_STEP,
+                    num_steps: int = PROFILE_NUM_STEPS) -> ProfilerConfig:
+    return ProfilerConfig(
+        s3_output_path=s3_output_path,
+        system_monitor_interval_millis=PROFILER_INTERVAL_MS,
+        framework_profile_params=FrameworkProfile(
+            detailed_profiling_config=DetailedProfilingConfig(start_step=start_step, num_steps=num_steps),
+            dataloader_profiling_config=DataloaderProfilingConfig(start_step=start_step, num_steps=num_steps),
+        ),
+    )
+
+
+def _cnn_estimator(code: staging.StagedCode, region: str, role: str, params: Parameters, session: PipelineSession,
+                   artifacts: str, base_job_prefix: str, *, name: str, output: str, debug: str | None,
+                   hyperparameters: dict) -> PyTorch:
+    """PyTorch script mode from the staged bundle; ``debug`` = where Debugger/Profiler output goes (None: off)."""
+    options: dict = {"disable_profiler": True, "debugger_hook_config": False}
+    if debug:
+        options = {"debugger_hook_config": debugger_hook_config(debug), "rules": debugger_rules(),
+                   "profiler_config": profiler_config(f"{debug}/profiler")}
+    return (_DebuggedPyTorch if debug else PyTorch)(
+        entry_point="training/train_cnn.py",
+        source_dir=code.tarball_uri,
+        framework_version=PYTORCH_VERSION,
+        py_version=PYTORCH_PY_VERSION,
+        image_uri=pytorch_image(region, "training"),
+        role=role,
+        instance_type=params.training_instance_type,
+        instance_count=params.training_instance_count,
+        output_path=f"{artifacts}/{output}",
+        base_job_name=f"{base_job_prefix}-{name}",
+        sagemaker_session=session,
+        metric_definitions=CNN_METRIC_DEFINITIONS,
+        hyperparameters=hyperparameters,
+        enable_sagemaker_metrics=True,
+        **options,
+    )
+
+
+def tuning_ranges(strategy: str) -> dict:
+    """What the tuner searches: learning rate (log), batch size, epochs and the architecture.
+
+    Grid takes categorical ranges only; Hyperband owns the epochs (its resource), so it does not search them.
+    """
+    if strategy == "Grid":
+        return {"lr": CategoricalParameter([0.005, 0.02]), "batch-size": CategoricalParameter([64, 256]),
+                "epochs": CategoricalParameter([2]), "architecture": CategoricalParameter(["compact", "keras"])}
+    ranges = {
+        "lr": ContinuousParameter(0.003, 0.03, scaling_type="Logarithmic"),
+        "batch-size": CategoricalParameter([64, 128, 256]),
+        "epochs": IntegerParameter(2, 3),
+        "architecture": CategoricalParameter(["compact", "keras"]),
+    }
+    if strategy == "Hyperband":
+        del ranges["epochs"]
+    return ranges
+
+
+def _tuner(estimator: PyTorch, params: Parameters, strategy: str, base_job_prefix: str) -> HyperparameterTuner:
+    options: dict = {"strategy": strategy}
+    if params.tuning_strategy is not None:
+        options = {"strategy": params.tuning_strategy, "early_stopping_type": params.tuning_early_stopping}
+    elif strategy == "Hyperband":
+        estimator.set_hyperparameters(epochs=HYPERBAND_MAX_EPOCHS)
+        options["strategy_config"] = StrategyConfig(HyperbandStrategyConfig(min_resource=1,
+                                                                            max_resource=HYPERBAND_MAX_EPOCHS))
+    return HyperparameterTuner(
+        estimator=estimator,
+        objective_metric_name=OBJECTIVE_METRIC,
+        objective_type="Maximize",
+        metric_definitions=CNN_METRIC_DEFINITIONS,
+        hyperparameter_ranges=tuning_ranges(strategy),
+        max_jobs=params.tuning_max_jobs,
+        max_parallel_jobs=params.tuning_max_parallel_jobs,
+        base_tuning_job_name=f"{base_job_prefix}-tune",
+        **options,
+    )
+
+
 def get_pipeline(
     region: str = "us-east-1",
     role: str | None = None,
@@ -276,12 +466,18 @@ def get_pipeline(
     cache_config: CacheConfig | None = None,
     retry_policies: list | None = None,
     bundle: staging.SourceBundle | None = None,
+    tuning_strategy: str | None = None,
 ) -> Pipeline:
     """Build the Pipeline object; no network call is made (stage the code with :mod:`pipelines.staging`).
 
     ``cache_config``/``retry_policies`` apply to every job step (defaults: 30-day cache, retries on
     throttling and capacity errors); pass ``CacheConfig(enable_caching=False)`` or ``[]`` to turn them off.
+    ``tuning_strategy`` is one of TUNING_STRATEGIES (default: $MLOPS_TUNING_STRATEGY, else Bayesian).
     """
+    tuning_strategy = tuning_strategy or os.environ.get(TUNING_STRATEGY_ENV) or "Bayesian"
+    if tuning_strategy not in TUNING_STRATEGIES:
+        raise ValueError(f"tuning_strategy={tuning_strategy!r} ({TUNING_STRATEGY_ENV}): expected one of "
+                         f"{', '.join(TUNING_STRATEGIES)}")
     if not role:
         raise ValueError("role is required: an IAM role ARN SageMaker jobs run as (MLOPS_ROLE_ARN)")
     if not default_bucket:
@@ -290,17 +486,17 @@ def get_pipeline(
         session = get_session(region, default_bucket)
     with _offline_default_session(session.boto_session), quiet_sdk():
         return _build(region, role, default_bucket, pipeline_name, model_package_group_name, base_job_prefix,
-                      session, cache_config, retry_policies, bundle)
+                      session, cache_config, retry_policies, bundle, tuning_strategy)
 
 
 def _build(region: str, role: str, default_bucket: str, pipeline_name: str, model_package_group_name: str,
            base_job_prefix: str, session: PipelineSession, cache_config: CacheConfig | None,
-           retry_policies: list | None, bundle: staging.SourceBundle | None) -> Pipeline:
+           retry_policies: list | None, bundle: staging.SourceBundle | None, tuning_strategy: str) -> Pipeline:
     cache_config = cache_config if cache_config is not None else default_cache_config()
     retry_policies = list(retry_policies) if retry_policies is not None else default_retry_policies()
     bundle = bundle or staging.collect_bundle()
     code = staging.code_location(default_bucket, pipeline_name, bundle)
-    params = make_parameters(default_bucket)
+    params = make_parameters(default_bucket, tuning_strategy=tuning_strategy)
     artifacts = f"s3://{default_bucket}/{pipeline_name}"
     job_options = {"cache_config": cache_config, "retry_policies": retry_policies}
 
@@ -334,32 +530,6 @@ def _build(region: str, role: str, default_bucket: str, pipeline_name: str, mode
         split: TrainingInput(s3_data=split_outputs[split].S3Output.S3Uri) for split in ("train", "validation")
     }
 
-    # TrainCNN: PyTorch script mode from the staged bundle.
-    cnn = PyTorch(
-        entry_point="training/train_cnn.py",
-        source_dir=code.tarball_uri,
-        framework_version=PYTORCH_VERSION,
-        py_version=PYTORCH_PY_VERSION,
-        image_uri=pytorch_image(region, "training"),
-        role=role,
-        instance_type=params.training_instance_type,
-        instance_count=params.training_instance_count,
-        output_path=f"{artifacts}/models/cnn",
-        base_job_name=f"{base_job_prefix}-cnn",
-        sagemaker_session=session,
-        metric_definitions=CNN_METRIC_DEFINITIONS,
-        hyperparameters={
-            "epochs": params.cnn_epochs,
-            "batch-size": params.cnn_batch_size,
-            "lr": params.cnn_learning_rate,
-            "architecture": params.cnn_architecture,
-        },
-        disable_profiler=True,
-        debugger_hook_config=False,
-        enable_sagemaker_metrics=True,
-    )
-    step_train_cnn = TrainingStep(name=STEPS.train_cnn, step_args=cnn.fit(inputs=channels), **job_options)
-
     # TrainXGBoost: the baseline, XGBoost script mode from the same bundle.
     xgb = XGBoost(
         entry_point="training/train_xgboost.py",
@@ -379,25 +549,27 @@ def _build(region: str, role: str, default_bucket: str, pipeline_name: str, mode
     )
     step_train_xgb = TrainingStep(name=STEPS.train_xgboost, step_args=xgb.fit(inputs=channels), **job_options)
 
-    # TuneCNN: Bayesian search over the CNN's hyperparameters (static ones come from the estimator).
-    tuner = HyperparameterTuner(
-        estimator=cnn,
-        objective_metric_name=OBJECTIVE_METRIC,
-        objective_type="Maximize",
-        metric_definitions=CNN_METRIC_DEFINITIONS,
-        hyperparameter_ranges={
-            "lr": ContinuousParameter(0.001, 0.05, scaling_type="Logarithmic"),
-            "batch-size": CategoricalParameter([64, 128, 256]),
-            "epochs": IntegerParameter(2, 8),
-            "architecture": CategoricalParameter(["compact", "keras"]),
-        },
-        strategy=params.tuning_strategy,
-        max_jobs=params.tuning_max_jobs,
-        max_parallel_jobs=params.tuning_max_parallel_jobs,
-        early_stopping_type=params.tuning_early_stopping,
-        base_tuning_job_name=f"{base_job_prefix}-tune",
-    )
+    # TuneCNN: search the CNN's hyperparameters on a subset (trials carry no Debugger/Profiler: tuning jobs
+    # cannot run rules, and the trials must stay cheap).
+    trial_estimator = _cnn_estimator(code, region, role, params, session, artifacts, base_job_prefix,
+                                     name="cnn-trial", output="models/tuning", debug=None,
+                                     hyperparameters={"train-fraction": TUNING_TRAIN_FRACTION})
+    tuner = _tuner(trial_estimator, params, tuning_strategy, base_job_prefix)
     step_tune = TuningStep(name=STEPS.tune_cnn, step_args=tuner.fit(inputs=channels), **job_options)
+
+    # TrainCNN: the final training on all the data, with the best trial's hyperparameters (see
+    # TUNED_FINAL_HYPERPARAMETERS), the Debugger hook + rules and the Profiler.
+    best = step_tune.properties.BestTrainingJob.TunedHyperParameters
+    final_hyperparameters = {
+        "epochs": params.cnn_epochs,
+        "batch-size": best["batch-size"] if "batch-size" in TUNED_FINAL_HYPERPARAMETERS else params.cnn_batch_size,
+        "lr": best["lr"] if "lr" in TUNED_FINAL_HYPERPARAMETERS else params.cnn_learning_rate,
+        "architecture": (best["architecture"] if "architecture" in TUNED_FINAL_HYPERPARAMETERS
+                         else params.cnn_architecture),
+    }
+    cnn = _cnn_estimator(code, region, role, params, session, artifacts, base_job_prefix, name="cnn",
+                         output="models/cnn", debug=f"{artifacts}/debug", hyperparameters=final_hyperparameters)
+    step_train_cnn = TrainingStep(name=STEPS.train_cnn, step_args=cnn.fit(inputs=channels), **job_options)
 
     # Evaluate: CNN vs the XGBoost baseline on the test split -> evaluation.json (a PropertyFile).
     cnn_model_data = _cnn_model_data(step_train_cnn, step_tune, default_bucket, f"{pipeline_name}/models/tuning")
@@ -424,7 +596,6 @@ def _build(region: str, role: str, default_bucket: str, pipeline_name: str, mode
             ],
         ),
         property_files=[evaluation_report],
-        depends_on=[step_tune],
         **job_options,
     )
 
@@ -481,6 +652,6 @@ def _build(region: str, role: str, default_bucket: str, pipeline_name: str, mode
     return Pipeline(
         name=pipeline_name,
         parameters=params.as_list(),
-        steps=[step_preprocess, step_train_cnn, step_train_xgb, step_tune, step_evaluate, step_condition],
+        steps=[step_preprocess, step_tune, step_train_cnn, step_train_xgb, step_evaluate, step_condition],
         sagemaker_session=session,
     )
