@@ -64,6 +64,10 @@ def _download_input(item: dict[str, Any], paths: PathMap) -> dict[str, Any]:
     uri, local_path = s3_input.get("S3Uri"), s3_input.get("LocalPath")
     if not isinstance(uri, str) or not isinstance(local_path, str):
         raise JobFailed(f"ProcessingInputs[{name}]: S3Uri and LocalPath must be strings, got {uri!r}, {local_path!r}")
+    for key, supported in (("S3DataType", "S3Prefix"), ("S3InputMode", "File"), ("S3CompressionType", "None")):
+        if s3_input.get(key, supported) != supported:
+            raise JobFailed(f"ProcessingInputs[{name}]: {key}={s3_input[key]!r} is not supported locally "
+                            f"(only {supported})")
     destination = paths.add(local_path)
     try:
         files = store.download(uri, destination)

@@ -107,18 +107,25 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         raise
 
 
+def _read_only(path: Path) -> Path:
+    os.chmod(path, 0o444)
+    return path
+
+
 def download(uri: str, destination: Path) -> list[Path]:
     """Copy an object or every object under a prefix into ``destination`` (S3Prefix download semantics).
 
     An object lands as ``destination/<basename>``; a prefix keeps its relative layout. Files are hard links
-    into the store where possible, which is safe because store writes replace files rather than edit them.
+    into the store where possible (free for large datasets; store writes replace files, never edit them)
+    and are made read-only, so a job that tries to edit an input in place fails loudly instead of
+    silently changing the stored object.
     """
     source = s3_uri_to_path(uri)
     destination.mkdir(parents=True, exist_ok=True)
     if source.is_file():
         target = destination / source.name
         _link_or_copy(source, target)
-        return [target]
+        return [_read_only(target)]
     if not source.is_dir():
         raise FileNotFoundError(f"{uri}: nothing at this S3 URI in the local store ({source})")
     copied = []
@@ -126,7 +133,7 @@ def download(uri: str, destination: Path) -> list[Path]:
         if path.is_file() and not path.name.startswith("."):
             target = destination / path.relative_to(source)
             _link_or_copy(path, target)
-            copied.append(target)
+            copied.append(_read_only(target))
     if not copied:
         raise FileNotFoundError(f"{uri}: the prefix is empty in the local store ({source})")
     return copied

@@ -255,6 +255,9 @@ def _fetch_channels(channels: list[dict[str, Any]], data_dir: Path) -> dict[str,
         uri = source.get("S3Uri")
         if not name or not isinstance(uri, str):
             raise JobFailed(f"InputDataConfig channel {name!r}: needs ChannelName and an S3 S3Uri, got {channel!r}")
+        if source.get("S3DataType", "S3Prefix") != "S3Prefix" or channel.get("CompressionType", "None") != "None":
+            raise JobFailed(f"channel {name}: only S3DataType S3Prefix without compression is supported locally, "
+                            f"got {source.get('S3DataType')!r}/{channel.get('CompressionType')!r}")
         try:
             store.download(uri, data_dir / name)
         except (FileNotFoundError, ValueError) as exc:
