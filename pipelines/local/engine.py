@@ -350,6 +350,13 @@ class Engine:
         detail = f"cache hit from {cache_source}" if cache_source else ""
         if step.type == "Condition":
             detail = f"Outcome={result.properties.get('Outcome')}"
+        elif step.type == "RegisterModel":
+            detail = f"version {result.properties.get('ModelPackageVersion')}"
+        elif step.type == "Tuning" and not cache_source:
+            best = result.properties.get("BestTrainingJob") or {}
+            objective = best.get("FinalHyperParameterTuningJobObjectiveMetric") or {}
+            detail = f"best of {len(result.properties.get('TrainingJobSummaries') or [])}: " \
+                     f"{objective.get('MetricName')}={objective.get('Value')}"
         self.reporter.step_status(step.name, "Succeeded", detail)
 
     def _try_cache(self, step: StepDef, cache_key: str) -> bool:

@@ -70,7 +70,7 @@ class LiveReporter:
     def _render(self) -> Group:
         table = Table(title=f"execution {self.execution_id}", expand=False)
         for column in ("step", "type", "status", "time", "progress"):
-            table.add_column(column, no_wrap=column != "progress")
+            table.add_column(column, no_wrap=True, overflow="ellipsis")
         now = time.time()
         with self.lock:
             for name, row in self.rows.items():
@@ -90,7 +90,8 @@ class LiveReporter:
                 row["start"] = row["start"] or time.time()
                 row["end"] = time.time()
             row["status"] = status
-            row["detail"] = detail
+            if detail or status != "Succeeded":  # a finished step keeps its last progress line (final metrics)
+                row["detail"] = detail
 
     def step_progress(self, step: str, detail: str) -> None:
         with self.lock:
