@@ -69,8 +69,8 @@ class LiveReporter:
 
     def _render(self) -> Group:
         table = Table(title=f"execution {self.execution_id}", expand=False)
-        for column in ("step", "type", "status", "time", "progress"):
-            table.add_column(column, no_wrap=True, overflow="ellipsis")
+        for column, width in (("step", 14), ("type", 10), ("status", 9), ("time", 7), ("progress", 12)):
+            table.add_column(column, no_wrap=True, overflow="ellipsis", min_width=width)
         now = time.time()
         with self.lock:
             for name, row in self.rows.items():
