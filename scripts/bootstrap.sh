@@ -17,7 +17,8 @@ PIP="$VENV/bin/pip"
 "$PIP" install -q torch==2.14.1 torchvision==0.29.1
 "$PIP" install -q -e ".[dev]"
 # smdebug 1.0.34 is unmaintained: its declared deps are stale, so install it alone.
-"$PIP" install -q --no-deps smdebug==1.0.34 pyinstrument==3.4.2
+# pyinstrument 3.4 imports its C extension from the separate pyinstrument_cext package (smdebug.pytorch needs it).
+"$PIP" install -q --no-deps smdebug==1.0.34 pyinstrument==3.4.2 pyinstrument_cext==0.2.4
 # CPU torch does not need triton; it crashes processes that import tensorflow after torchvision.
 "$PIP" uninstall -q -y triton 2>/dev/null || true
 rm -f "$VENV"/.bootstrap-*

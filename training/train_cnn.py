@@ -229,6 +229,8 @@ def train(config: TrainConfig, train_split: Split, val_split: Split, num_classes
         if debug_session is not None:
             debug_session.set_mode("eval")
         val_loss, val_acc = evaluate_model(model, x_val, y_val)
+        if debug_session is not None:
+            debug_session.record_validation(val_loss)  # Debugger's Overfit/Overtraining compare it with training
         now = time.perf_counter()
         record = EpochRecord(epoch, running / seen, val_loss, val_acc, optimizer.param_groups[0]["lr"],
                              now - epoch_start, now - started)

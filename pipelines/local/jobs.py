@@ -74,12 +74,14 @@ def _tail(path: Path, lines: int = 8) -> str:
 
 
 def run_process(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path,
-                on_line: Callable[[str], bool | None] | None = None, timeout_s: float | None = None,
-                failure_file: Path | None = None, what: str = "job") -> float:
+                on_line: Callable[[str], bool | str | None] | None = None, timeout_s: float | None = None,
+                failure_file: Path | None = None, what: str = "job",
+                on_start: Callable[[int], None] | None = None) -> float:
     """Run ``argv`` to completion and return its wall time in seconds; raise :class:`JobFailed` unless it exits 0.
 
-    ``on_line`` sees every output line; returning True asks the job to stop (SIGTERM, then SIGKILL after
-    10 s), which ends it as Stopped. ``timeout_s`` is MaxRuntimeInSeconds.
+    ``on_line`` sees every output line; returning True (or a reason starting with "stopped") asks the job to
+    stop (SIGTERM, then SIGKILL after 10 s), which ends it as Stopped. ``timeout_s`` is MaxRuntimeInSeconds.
+    ``on_start`` gets the process id once it runs (the profiler samples its process tree).
     """
     if STOPPING.is_set():
         raise JobFailed(f"the {what} was not started: the execution is stopping", None, status="Stopped")
@@ -96,6 +98,8 @@ def run_process(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Pa
         with _ACTIVE_LOCK:
             _ACTIVE.add(process.pid)
         stop_reason: list[str] = []
+        if on_start is not None:
+            on_start(process.pid)
 
         def terminate(reason: str) -> None:
             if stop_reason:
@@ -118,8 +122,10 @@ def run_process(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Pa
                 log.write(raw)
                 if on_line is not None:
                     try:
-                        if on_line(raw.decode("utf-8", errors="replace")):
-                            terminate("stopped early by the tuning job's early-stopping rule")
+                        verdict = on_line(raw.decode("utf-8", errors="replace"))
+                        if verdict:
+                            terminate(verdict if isinstance(verdict, str)
+                                      else "stopped early by the tuning job's early-stopping rule")
                     except Exception as exc:  # a broken callback must not hang the job  # noqa: BLE001
                         log.write(f"[mlops] progress callback failed: {exc}\n".encode())
             code = process.wait()

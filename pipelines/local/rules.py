@@ -14,15 +14,16 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+os.environ.setdefault("SMDEBUG_LOG_LEVEL", "warning")  # smdebug logs INFO lines at import
 
-import json  # noqa: E402
-import logging  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 NO_ISSUES, ISSUES, ERROR, IN_PROGRESS = "NoIssuesFound", "IssuesFound", "Error", "InProgress"
 
@@ -30,9 +31,7 @@ NO_ISSUES, ISSUES, ERROR, IN_PROGRESS = "NoIssuesFound", "IssuesFound", "Error",
 def _smdebug() -> Any:
     """smdebug is imported on first use: it logs at import and pulls in protobuf."""
     logging.getLogger("smdebug").setLevel(logging.ERROR)
-    import smdebug.rules as rules
-    import smdebug.trials as trials
-    from smdebug import modes
+    from smdebug import modes, rules, trials
     from smdebug.exceptions import RuleEvaluationConditionMet
 
     return rules.Rule, trials.create_trial, modes, RuleEvaluationConditionMet
@@ -56,7 +55,7 @@ def build_rule_classes() -> dict[str, type]:
     class LocalRule(Rule):
         """Keeps the finding that made the rule fire, for StatusDetails."""
 
-        defaults: dict[str, Any] = {}
+        defaults: ClassVar[dict[str, Any]] = {}
 
         def __init__(self, base_trial: Any, **parameters: Any) -> None:
             super().__init__(base_trial, action_str="")
@@ -85,7 +84,7 @@ def build_rule_classes() -> dict[str, type]:
     class VanishingGradient(LocalRule):
         """Fires when the mean absolute value of any saved gradient tensor drops below ``threshold`` (1e-7)."""
 
-        defaults = {"threshold": 1e-7}
+        defaults: ClassVar[dict[str, Any]] = {"threshold": 1e-7}
 
         def invoke_at_step(self, step: int) -> bool:
             for name in self.base_trial.tensor_names(collection="gradients"):
@@ -103,7 +102,7 @@ def build_rule_classes() -> dict[str, type]:
         fires when (val - train) / train exceeds ``ratio_threshold`` (0.1) for ``patience`` (1) validations in a
         row, from ``start_step`` (0) on."""
 
-        defaults = {"start_step": 0, "patience": 1, "ratio_threshold": 0.1}
+        defaults: ClassVar[dict[str, Any]] = {"start_step": 0, "patience": 1, "ratio_threshold": 0.1}
 
         def __init__(self, base_trial: Any, **parameters: Any) -> None:
             super().__init__(base_trial, **parameters)
@@ -132,7 +131,7 @@ def build_rule_classes() -> dict[str, type]:
         saves: the model keeps fitting the training data without generalising better. A new optimum must
         improve on the best by more than ``delta`` (0.01), which we read as relative (1% of the best loss)."""
 
-        defaults = {"patience_train": 5, "patience_validation": 10, "delta": 0.01}
+        defaults: ClassVar[dict[str, Any]] = {"patience_train": 5, "patience_validation": 10, "delta": 0.01}
 
         def invoke_at_step(self, step: int) -> bool:
             evals = [(s, v) for s, v in self.losses(modes.EVAL) if s <= step]
@@ -163,11 +162,12 @@ def build_rule_classes() -> dict[str, type]:
         95th percentiles; the hook saves reductions (min/max/mean/variance) rather than whole activations, so we
         use max - min, which only fires on layers that are degenerate under either measure."""
 
-        defaults = {"threshold": 10.0, "distribution_range": 0.001, "steps": 10}
+        defaults: ClassVar[dict[str, Any]] = {"threshold": 10.0, "distribution_range": 0.001, "steps": 10}
 
         def invoke_at_step(self, step: int) -> bool:
-            if step >= self.params["steps"]:
-                return False
+            mode, mode_step = self.base_trial.mode_modestep(step)
+            if mode != modes.TRAIN or mode_step >= self.params["steps"]:
+                return False  # evaluation runs BatchNorm on running statistics: not what initialisation gives
             variances, spans = {}, {}
             for name in self.base_trial.tensor_names(collection="relu_input"):
                 tensor = self.base_trial.tensor(name)
@@ -190,14 +190,15 @@ def build_rule_classes() -> dict[str, type]:
     class LossNotDecreasing(LocalRule):
         """Every ``num_steps`` (10) steps of the rule's mode (validation losses when there are any, else
         training losses, as documented), the loss must have decreased by at least ``diff_percent`` (0.1%)
-        from the loss at least ``num_steps`` earlier; a rise of more than ``increase_threshold_percent`` (5%)
-        between two consecutive saved losses fires at once."""
+        from the loss saved at least ``num_steps`` steps earlier. ``increase_threshold_percent`` (5) is accepted
+        but cannot change the outcome here: any increase already fails the decrease test at a check."""
 
-        defaults = {"num_steps": 10, "diff_percent": 0.1, "increase_threshold_percent": 5.0}
+        defaults: ClassVar[dict[str, Any]] = {"num_steps": 10, "diff_percent": 0.1, "increase_threshold_percent": 5.0}
 
         def __init__(self, base_trial: Any, **parameters: Any) -> None:
             super().__init__(base_trial, **parameters)
             self.mode_name = str(parameters.get("mode", "")).upper() or None
+            self.last_check: int | None = None
 
         def invoke_at_step(self, step: int) -> bool:
             mode = self._mode()
@@ -207,14 +208,12 @@ def build_rule_classes() -> dict[str, type]:
             if not series or series[-1][1] != step:
                 return False
             mode_step, _, loss = series[-1]
-            if len(series) >= 2:
-                previous = series[-2][2]
-                if loss > previous * (1 + self.params["increase_threshold_percent"] / 100):
-                    return self.fire(step, f"{mode.name} loss rose from {previous:.4f} to {loss:.4f} "
-                                           f"(> increase_threshold_percent {self.params['increase_threshold_percent']:g})")
+            if self.last_check is not None and mode_step - self.last_check < self.params["num_steps"]:
+                return False
             earlier = [(m, v) for m, _, v in series if m <= mode_step - self.params["num_steps"]]
             if not earlier:
                 return False
+            self.last_check = mode_step
             reference_step, reference = earlier[-1]
             decrease = (reference - loss) / max(abs(reference), 1e-12) * 100
             if decrease < self.params["diff_percent"]:

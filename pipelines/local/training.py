@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.local import records, store
+from pipelines.local.instrument import JobInstruments
 from pipelines.local.jobs import STOPPING, JobFailed, extract_tar, pack_dir, run_process
 from pipelines.local.processing import _thread_env
 from pipelines.local.runtime import CpuPool, Reporter, StepResult, StepRun, Ticket
@@ -110,6 +111,8 @@ def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: st
     stream = MetricStream(definitions)
     started = created
     process_s = cpu_wait_s = 0.0
+    instruments = JobInstruments.from_request(request, job_name, work_dir)  # Debugger + Profiler, if configured
+    instrumented: dict[str, Any] = {}
     try:
         program, submit = decoded.get("sagemaker_program"), decoded.get("sagemaker_submit_directory")
         if not isinstance(program, str) or not isinstance(submit, str):
@@ -135,6 +138,8 @@ def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: st
         try:
             started = records.job_running(job_name)
             env = _environment(job_name, user, channels, cpus, work_dir, submit, program, request)
+            if instruments is not None:
+                env.update(instruments.environment())
             (input_dir / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters, indent=2))
             (input_dir / "config" / "resourceconfig.json").write_text(
                 json.dumps({"current_host": CURRENT_HOST, "hosts": [CURRENT_HOST]}))
@@ -144,7 +149,9 @@ def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: st
             epochs = user.get("epochs")
             reporter.step_progress(progress_label, f"{cpus} cpu, starting")
 
-            def on_line(line: str) -> bool:
+            def on_line(line: str) -> bool | str:
+                if instruments is not None and instruments.stop_reason:
+                    return instruments.stop_reason
                 found = stream.feed(line)
                 if not found:
                     return False
@@ -153,8 +160,11 @@ def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: st
 
             timeout = (request.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
             process_s = run_process([sys.executable, program, *to_cmd_args(user)], cwd=code_dir, env=env, log_path=log_path,
-                        on_line=on_line, timeout_s=timeout, failure_file=output_dir / "failure", what="training job")
+                        on_line=on_line, timeout_s=timeout, failure_file=output_dir / "failure", what="training job",
+                        on_start=instruments.started if instruments is not None else None)
         finally:
+            if instruments is not None:
+                instrumented = instruments.finish(cpus)
             pool.release(cpus)
     except JobFailed as exc:
         metrics = _final_metrics(log_path, definitions) or stream.series
@@ -165,6 +175,7 @@ def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: st
         if exc.status == "Stopped":
             # Early stopping keeps what the job saved so far, as SageMaker does.
             record = _package(request, job_name, work_dir, created, started, metrics, hyperparameters, "Stopped")
+            record.update(instrumented)
             records.finish_job(job_name, "Stopped", failure_reason=exc.reason, metrics=metrics,
                                final_metrics=_last(metrics), properties=record)
             record["FailureReason"] = exc.reason
@@ -177,6 +188,7 @@ def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: st
         raise
     metrics = _final_metrics(log_path, definitions)
     record = _package(request, job_name, work_dir, created, started, metrics, hyperparameters, "Completed")
+    record.update(instrumented)
     records.finish_job(job_name, "Completed", metrics=metrics, final_metrics=_last(metrics), properties=record,
                        process_seconds=process_s, cpu_wait_seconds=cpu_wait_s)
     # local extras, popped by run(): what the benchmark needs to separate our overhead from the job's time
