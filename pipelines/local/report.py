@@ -214,6 +214,9 @@ def render(execution_id: str) -> str:
     curves = [img for step in steps if step.step_type in ("Training", "Tuning") for img in learning_curves(step)]
     if curves:
         parts.append("<h2>Learning curves</h2>" + "".join(curves))
+    from pipelines.local.insights import sections  # tuning trials, Debugger rule statuses, profiler reports
+
+    parts.append(sections(steps, _jobs_for))
     for step in steps:
         if step.step_type != "Processing" or step.status != records.SUCCEEDED:
             continue

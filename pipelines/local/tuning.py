@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol
 
-from pipelines.local import records
+from pipelines.local import records, strategies
 from pipelines.local.jobs import STOPPING, JobFailed
 from pipelines.local.runtime import Reporter, StepResult, StepRun
 from pipelines.local.training import run_training_job
@@ -167,7 +167,8 @@ class BayesianSearch:
 
 
 StrategyFactory = Callable[[list[Range], bool, int, int], SearchStrategy]
-STRATEGIES: dict[str, StrategyFactory] = {"Random": RandomSearch, "Grid": GridSearch, "Bayesian": BayesianSearch}
+STRATEGIES: dict[str, StrategyFactory] = {"Random": RandomSearch, "Grid": GridSearch, "Bayesian": BayesianSearch,
+                                          "Hyperband": lambda *args: strategies.HyperbandSearch(*args)}
 
 
 def register_strategy(name: str, factory: StrategyFactory) -> None:
@@ -262,6 +263,10 @@ def run(step: StepRun) -> StepResult:
     seed = int(config.get("RandomSeed") or int(hashlib.sha1(name.encode()).hexdigest()[:8], 16))
     strategy = STRATEGIES[strategy_name](ranges, maximize, seed, max_jobs)
     stopping = MedianStopping(metric, maximize) if config.get("TrainingJobEarlyStoppingType") == "Auto" else None
+    static_hps = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in
+                  (definition.get("StaticHyperParameters") or {}).items()}
+    if hasattr(strategy, "configure"):  # Hyperband: resource range and the objective it prunes on
+        strategy.configure(config, static_hps, metric)
     cpu_cap = max(1, step.pool.total // max_parallel)
     created = time.time()
     records.start_job(name, "Tuning", step.execution_id, step.step_name, log_path=str(step.log_path))
@@ -292,7 +297,8 @@ def run(step: StepRun) -> StepResult:
                 request, job_name=job, execution_id=step.execution_id, step_name=step.step_name, work_dir=work,
                 log_path=work / "job.log", pool=step.pool, reporter=_PrefixReporter(step.reporter, label),
                 progress_label=step.step_name, parent_job=name, cpu_cap=cpu_cap,
-                on_metrics=stopping.should_stop if stopping else None)
+                on_metrics=(strategy.monitor(tuned) if hasattr(strategy, "monitor") else None)
+                or (stopping.should_stop if stopping else None))
         except JobFailed as exc:
             summary.update(TrainingJobStatus="Stopped" if exc.status == "Stopped" else "Failed", FailureReason=exc.reason, ObjectiveStatus="Failed",
                            TrainingEndTime=time.time())
@@ -376,5 +382,7 @@ def run(step: StepRun) -> StepResult:
     records.finish_job(name, "Completed", properties=properties,
                        final_metrics={metric: scored[0]["FinalHyperParameterTuningJobObjectiveMetric"]["Value"]})
     metadata = {"TuningJob": {"Arn": properties["HyperParameterTuningJobArn"]}, "Strategy": strategy_name,
-                "BestTrainingJob": scored[0]["TrainingJobName"], "Trials": len(summaries)}
+                "BestTrainingJob": scored[0]["TrainingJobName"], "Trials": len(summaries),
+                "TuningOutputs": str(strategies.write_outputs(step.work_dir / "tuning-output", properties, ordered,
+                                                              metric))}
     return StepResult(properties=properties, metadata=metadata)
