@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = ROOT / "data" / "mnist"
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")  # smdebug (Debugger rules) needs it
 
 
 @pytest.fixture(scope="session")
