@@ -38,13 +38,13 @@ SCHEDULERS = ("onecycle", "cosine", "none")
 
 @dataclass
 class TrainConfig:
-    epochs: int = 6
+    epochs: int = 15
     batch_size: int = 128
-    lr: float = 0.01
-    optimizer: str = "adamw"
+    lr: float = 0.05
+    optimizer: str = "sgd"
     architecture: str = "compact"
     kernel_size: int = 3
-    width: int = 16
+    width: int = 24
     dropout: float = 0.05
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
@@ -52,7 +52,7 @@ class TrainConfig:
     augment: bool = True
     rotation_degrees: float = 7.0
     cutout: int = 8
-    cutout_prob: float = 0.5
+    cutout_prob: float = 0.3
     seed: int = 42
     train_fraction: float = 1.0
     max_train_seconds: float = 0.0
