@@ -123,12 +123,15 @@ class JobInstruments:
             (self.profiler_dir / "system_metrics.json").write_text(json.dumps(
                 {"interval_ms": interval, "sample_seconds": self.sampler.sample_seconds if self.sampler else 0.0,
                  "samples": samples}))
-            report = write_report(self.profiler_dir / "profiler-report.html", self.job_name, samples,
-                                  self.profiler_dir / "framework", cpus, interval)
-            base = self.profiler_config["S3OutputPath"].rstrip("/")
-            store.upload_dir(self.profiler_dir, f"{base}/{self.job_name}/profiler-output")
-            properties = {"ProfilerConfig": self.profiler_config, "TrainingJobName": self.job_name}
-            store.upload_file(report, profiler_report_uri(properties) or "")
+            try:  # a report that cannot be drawn must not fail a training job that succeeded
+                report = write_report(self.profiler_dir / "profiler-report.html", self.job_name, samples,
+                                      self.profiler_dir / "framework", cpus, interval)
+                base = self.profiler_config["S3OutputPath"].rstrip("/")
+                store.upload_dir(self.profiler_dir, f"{base}/{self.job_name}/profiler-output")
+                properties = {"ProfilerConfig": self.profiler_config, "TrainingJobName": self.job_name}
+                store.upload_file(report, profiler_report_uri(properties) or "")
+            except (OSError, ValueError, RuntimeError) as exc:
+                fields["ProfilerReportError"] = f"{type(exc).__name__}: {exc}"
             fields.update(ProfilerConfig=self.profiler_config, ProfilingStatus="Enabled",
                           ProfilerSamplingSeconds=round(self.sampler.sample_seconds, 4) if self.sampler else 0.0,
                           ProfilerSamples=len(samples))

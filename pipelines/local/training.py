@@ -163,9 +163,11 @@ def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: st
                         on_line=on_line, timeout_s=timeout, failure_file=output_dir / "failure", what="training job",
                         on_start=instruments.started if instruments is not None else None)
         finally:
-            if instruments is not None:
-                instrumented = instruments.finish(cpus)
-            pool.release(cpus)
+            try:
+                if instruments is not None:
+                    instrumented = instruments.finish(cpus)
+            finally:
+                pool.release(cpus)
     except JobFailed as exc:
         metrics = _final_metrics(log_path, definitions) or stream.series
         if exc.status == "Stopped" and STOPPING.is_set():  # the whole execution is being stopped
