@@ -185,7 +185,7 @@ def test_parameters_and_defaults(definition):
     parameters = {p["Name"]: p for p in definition["Parameters"]}
     defaults = {name: p.get("DefaultValue") for name, p in parameters.items()}
     assert defaults["ModelApprovalStatus"] == "PendingManualApproval"
-    assert defaults["CnnEpochs"] == 6 and defaults["XGBoostNumRound"] == 300
+    assert defaults["CnnEpochs"] == 15 and defaults["XGBoostNumRound"] == 300
     # lr, batch size and architecture come from TuneCNN's best trial, so they are not parameters by default
     assert not {"CnnBatchSize", "CnnLearningRate", "CnnArchitecture"} & set(defaults)
     assert defaults["AccuracyThreshold"] == 0.99

@@ -264,7 +264,7 @@ def make_parameters(default_bucket: str, input_prefix: str = "data/mnist", *, tu
         training_instance_count=ParameterInteger("TrainingInstanceCount", default_value=1),
         max_train_samples=ParameterInteger("MaxTrainSamples", default_value=0),
         max_test_samples=ParameterInteger("MaxTestSamples", default_value=0),
-        cnn_epochs=ParameterInteger("CnnEpochs", default_value=6),
+        cnn_epochs=ParameterInteger("CnnEpochs", default_value=15),
         xgboost_num_round=ParameterInteger("XGBoostNumRound", default_value=300),
         tuning_max_jobs=ParameterInteger("TuningMaxJobs", default_value=4),
         tuning_max_parallel_jobs=ParameterInteger("TuningMaxParallelJobs", default_value=2),
@@ -277,7 +277,7 @@ def make_parameters(default_bucket: str, input_prefix: str = "data/mnist", *, tu
     if "batch-size" not in tuned_final:
         params.cnn_batch_size = ParameterInteger("CnnBatchSize", default_value=128)
     if "lr" not in tuned_final:
-        params.cnn_learning_rate = ParameterFloat("CnnLearningRate", default_value=0.01)
+        params.cnn_learning_rate = ParameterFloat("CnnLearningRate", default_value=0.05)
     if "architecture" not in tuned_final:
         params.cnn_architecture = ParameterString("CnnArchitecture", default_value="compact",
                                                   enum_values=["compact", "keras"])
@@ -422,10 +422,11 @@ def tuning_ranges(strategy: str) -> dict:
     Grid takes categorical ranges only; Hyperband owns the epochs (its resource), so it does not search them.
     """
     if strategy == "Grid":
-        return {"lr": CategoricalParameter([0.005, 0.02]), "batch-size": CategoricalParameter([64, 256]),
+        return {"lr": CategoricalParameter([0.02, 0.05]), "batch-size": CategoricalParameter([64, 256]),
                 "epochs": CategoricalParameter([2]), "architecture": CategoricalParameter(["compact", "keras"])}
     ranges = {
-        "lr": ContinuousParameter(0.003, 0.03, scaling_type="Logarithmic"),
+        # train_cnn's default optimizer is SGD (nesterov, one-cycle) with lr 0.05: search a decade around it.
+        "lr": ContinuousParameter(0.015, 0.15, scaling_type="Logarithmic"),
         "batch-size": CategoricalParameter([64, 128, 256]),
         "epochs": IntegerParameter(2, 3),
         "architecture": CategoricalParameter(["compact", "keras"]),
