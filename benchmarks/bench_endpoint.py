@@ -77,15 +77,15 @@ def wait_ping(port: int, timeout: float = 120) -> None:
 class OurServer:
     name = "mlops (gunicorn + falcon)"
 
-    def __init__(self, model_dir: Path, workers: int, threads: int) -> None:
-        self.model_dir, self.workers, self.threads = model_dir, workers, threads
+    def __init__(self, model_dir: Path, workers: int, threads: int, worker_class: str) -> None:
+        self.model_dir, self.workers, self.threads, self.worker_class = model_dir, workers, threads, worker_class
         self.process: subprocess.Popen | None = None
 
     def start(self, port: int) -> None:
         self.log = open(tempfile.mktemp(prefix="bench-endpoint-", suffix=".log"), "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "inference.server", "--model-dir", str(self.model_dir), "--port", str(port),
-             "--workers", str(self.workers), "--threads", str(self.threads)],
+             "--workers", str(self.workers), "--threads", str(self.threads), "--worker-class", self.worker_class],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_ping(port)
 
@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tool", choices=["hey", "python"], default="hey")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (ours)")
+    parser.add_argument("--worker-class", choices=["gthread", "sync"], default="gthread")
     parser.add_argument("--peer-workers", type=int, default=2)
     parser.add_argument("--peer-omp", type=int, default=1, help="OMP_NUM_THREADS for the peer (0: unset)")
     parser.add_argument("--max-load", type=float, default=1.0)
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-endpoint-") as tmp:
         model_dir = args.model_dir or build_model_dir(Path(tmp) / "model")
         config = json.loads((model_dir / "model_config.json").read_text())
-        servers = [OurServer(model_dir, args.workers, args.threads)]
+        servers = [OurServer(model_dir, args.workers, args.threads, args.worker_class)]
         if not args.skip_peer:
             servers.append(PeerServer(args.peer_dir, args.peer_workers, args.peer_omp or None))
         runs = []
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                     "note": "load generator on the same cores as the server; load1 = 1-minute load average"},
         "settings": {"rounds": args.rounds, "concurrency": args.concurrency, "duration_s": args.duration,
                      "warmup_s": args.warmup, "tool": args.tool,
-                     "ours": {"workers": args.workers, "torch_threads": args.threads,
+                     "ours": {"workers": args.workers, "torch_threads": args.threads, "worker_class": args.worker_class,
                               "model": {k: config.get(k) for k in ("framework", "architecture", "width",
                                                                      "kernel_size")}},
                      "peer": None if args.skip_peer else {"workers": args.peer_workers,
