@@ -143,7 +143,7 @@ def summarise(runs: list[dict]) -> dict:
     summary = {}
     for server, points in by_server.items():
         summary[server] = {
-            str(c): {key: statistics.median(p[key] for p in pts) for key in ("rps", "p50_ms", "p99_ms")}
+            str(c): {key: round(statistics.median(p[key] for p in pts), 2) for key in ("rps", "p50_ms", "p99_ms")}
             | {"runs": len(pts), "errors": sum(sum(p["errors"].values()) + p["wrong_body"] for p in pts)}
             for c, pts in sorted(points.items())
         }
