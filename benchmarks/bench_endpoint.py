@@ -5,7 +5,7 @@ Both servers get the same request (the peer's 139-byte 28x28 PNG) from the same 
 ``--rounds`` rounds; the summary is the median per server and concurrency. The peer is TorchServe + the
 SageMaker PyTorch inference toolkit started as its container does (start_peer.sh), in its best measured
 configuration (2 workers, OMP_NUM_THREADS=1) unless told otherwise. Ours serves this project's real CNN
-architecture (``compact``, ~7.4k parameters, heavier than the peer's 5.3k-parameter net) through
+architecture (``compact`` at the training default width 24, ~16.4k parameters, vs the peer's 5.3k-parameter net) through
 inference/inference.py on gunicorn + falcon.
 
 The machine's 2 cores are shared with the load generator (and possibly other work): the 1-minute load

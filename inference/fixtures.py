@@ -36,7 +36,7 @@ def load_mnist(split: str = "train", limit: int | None = None) -> tuple[np.ndarr
     return np.asarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.int64)
 
 
-def cnn_config(architecture: str = "compact", kernel_size: int = 3, width: int = 16, dropout: float = 0.05) -> dict:
+def cnn_config(architecture: str = "compact", kernel_size: int = 3, width: int = 24, dropout: float = 0.05) -> dict:
     return {"framework": "pytorch", "architecture": architecture, "kernel_size": kernel_size, "width": width,
             "dropout": dropout, "num_classes": 10, "class_names": CLASS_NAMES, "image_shape": [28, 28],
             "normalization": NORMALIZATION}
