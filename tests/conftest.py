@@ -59,7 +59,7 @@ def job_chain(mnist_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     """preprocess -> train_cnn + train_xgboost -> evaluate, each a separate job process, on the slice."""
     work = tmp_path_factory.mktemp("job-chain")
     train, validation, test = (mnist_slice / s for s in ("train", "validation", "test"))
-    cnn = run_job("train_cnn.py", ["--epochs", "3", "--batch-size", "64", "--lr", "0.02"],
+    cnn = run_job("train_cnn.py", ["--epochs", "3", "--batch-size", "32", "--lr", "0.05"],
                   training_env(train, validation, work / "cnn-model", work / "cnn-output"))
     assert cnn.returncode == 0, cnn.stderr
     xgb = run_job("train_xgboost.py", ["--num-round", "30", "--max-depth", "4"],
