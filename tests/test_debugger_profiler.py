@@ -118,7 +118,7 @@ def test_saturated_activations_trigger_vanishing_gradient_and_its_stop_action(tm
                             timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     runner = RuleRunner(tmp_path / "output" / "tensors", train_cnn_args["DebugRuleConfigurations"], JOB)
-    # StopTraining, for a job of this execution (the loss does not decrease either: LossNotDecreasing also stops)
+    # StopTraining, for a job of this execution
     assert "VanishingGradient" in runner.poll(final=True)
     vanishing = runner.finish()[0]
     assert vanishing["RuleEvaluationStatus"] == "IssuesFound"

@@ -111,12 +111,14 @@ TUNING_STRATEGY_ENV = "MLOPS_TUNING_STRATEGY"
 HYPERBAND_MAX_EPOCHS = 4
 
 # Debugger: what the hook saves (every DEBUG_SAVE_INTERVAL train steps; losses every LOSS_SAVE_INTERVAL and every
-# evaluation) and the built-in rules run against it. StopTraining is attached to the rules that mean the run is
-# broken; Overfit, Overtraining and PoorWeightInitialization only report (PyTorch's default initialisation of the
-# BatchNorm-free keras net is flagged by the variance test, and still trains well).
+# evaluation) and the built-in rules run against it. StopTraining is attached to the rule that means the run is
+# broken; Overfit, Overtraining, PoorWeightInitialization and LossNotDecreasing only report. LossNotDecreasing
+# compares single-batch losses num_steps apart: with augmentation and a one-cycle warm-up that is noisy, and on a
+# full-MNIST run it stopped a healthy job at step 120 (0.67 vs 0.45) that goes on to 99.4%. PyTorch's default
+# initialisation of the BatchNorm-free keras net is flagged by the variance test, and still trains well.
 DEBUG_SAVE_INTERVAL = 50
 LOSS_SAVE_INTERVAL = 10
-STOPPING_RULES = ("VanishingGradient", "LossNotDecreasing")
+STOPPING_RULES = ("VanishingGradient",)
 POOR_INIT_STEPS = 10  # PoorWeightInitialization's documented `steps`
 # Profiler: system metrics every 500 ms; framework profiling (torch.profiler) for a window of training steps.
 PROFILER_INTERVAL_MS = 500
