@@ -27,6 +27,7 @@ from torch import nn
 
 from training.atomic import atomic_write_json, staged_dir
 from training.datasets import DatasetError, Split, load_manifest, load_split
+from training.debugger import session_from_env
 from training.job_env import JobEnv, copy_inference_code, str2bool, write_failure
 from training.metrics import format_metrics_line
 from training.models import ARCHITECTURES, build_model, count_parameters
@@ -307,14 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         config, unknown = parse_args(argv)
         if unknown:
             LOG.info("ignoring arguments not meant for this script: %s", " ".join(unknown))
-        debug_session = None
-        try:
-            from training.debugger import session_from_env
-        except ImportError:
-            session_from_env = None
-        if session_from_env is not None:
-            debug_session = session_from_env(env)
-        run(config, env, debug_session=debug_session)
+        run(config, env, debug_session=session_from_env(env))
     except (DatasetError, ValueError, FloatingPointError) as exc:
         write_failure(env, str(exc))
         print(f"train_cnn failed: {exc}", file=sys.stderr)
