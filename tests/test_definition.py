@@ -127,9 +127,10 @@ def test_training_steps_use_script_mode_from_the_tarball(definition):
         assert [c["ChannelName"] for c in arguments["InputDataConfig"]] == ["train", "validation"]
     cnn = steps["TrainCNN"]["Arguments"]["HyperParameters"]
     assert set(cnn) >= {"epochs", "batch-size", "lr", "architecture"}
-    # The final training takes the tuner's best lr/batch size/architecture (pipeline.TUNED_FINAL_HYPERPARAMETERS)
-    assert cnn["architecture"] == {"Std:Join": {"On": "", "Values": [
-        {"Get": "Steps.TuneCNN.BestTrainingJob.TunedHyperParameters['architecture']"}]}}
+    # The final training takes the tuner's best lr/batch size (pipeline.TUNED_FINAL_HYPERPARAMETERS)
+    assert cnn["lr"] == {"Std:Join": {"On": "", "Values": [
+        {"Get": "Steps.TuneCNN.BestTrainingJob.TunedHyperParameters['lr']"}]}}
+    assert cnn["architecture"] == {"Get": "Parameters.CnnArchitecture"}
     assert cnn["epochs"] == {"Std:Join": {"On": "", "Values": [{"Get": "Parameters.CnnEpochs"}]}}
     assert "num-round" in steps["TrainXGBoost"]["Arguments"]["HyperParameters"]
 
@@ -186,8 +187,9 @@ def test_parameters_and_defaults(definition):
     defaults = {name: p.get("DefaultValue") for name, p in parameters.items()}
     assert defaults["ModelApprovalStatus"] == "PendingManualApproval"
     assert defaults["CnnEpochs"] == 15 and defaults["XGBoostNumRound"] == 300
-    # lr, batch size and architecture come from TuneCNN's best trial, so they are not parameters by default
-    assert not {"CnnBatchSize", "CnnLearningRate", "CnnArchitecture"} & set(defaults)
+    # lr and batch size come from TuneCNN's best trial, so they are not parameters by default
+    assert not {"CnnBatchSize", "CnnLearningRate"} & set(defaults)
+    assert defaults["CnnArchitecture"] == "compact"
     assert defaults["AccuracyThreshold"] == 0.99
     assert defaults["TuningMaxJobs"] == 4 and defaults["TuningMaxParallelJobs"] == 2
     assert defaults["TrainingInstanceType"] == "ml.m5.xlarge" and defaults["ProcessingInstanceType"] == "ml.m5.large"

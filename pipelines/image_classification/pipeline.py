@@ -93,12 +93,15 @@ TRANSFORM_INSTANCE_TYPES = ["ml.m5.large", "ml.m5.xlarge"]
 # (the tuner's best training job). The one place that choice is made; see _cnn_model_data().
 # TrainCNN is the default: the trials train on TUNING_TRAIN_FRACTION of the data for 2-3 epochs (cheap enough to
 # run several inside the time target), so the best trial's model is a good *ranking* of hyperparameters but a
-# weak model; TrainCNN trains once on all the data for CnnEpochs with the best trial's lr, batch size and
-# architecture (TUNED_FINAL_HYPERPARAMETERS, read from TuneCNN's BestTrainingJob.TunedHyperParameters).
+# weak model; TrainCNN trains once on all the data for CnnEpochs with the best trial's lr and batch size
+# (TUNED_FINAL_HYPERPARAMETERS, read from TuneCNN's BestTrainingJob.TunedHyperParameters).
 REGISTERED_MODEL_SOURCE = "TrainCNN"
 # Hyperparameters TrainCNN takes from the tuner's best trial. The tuned epoch count is not among them: it is a
-# budget on the subset, not a count for the full data (CnnEpochs is).
-TUNED_FINAL_HYPERPARAMETERS = ("lr", "batch-size", "architecture")
+# budget on the subset, not a count for the full data (CnnEpochs is). Nor is the architecture: on 30% of the data
+# for 2-3 epochs the BatchNorm-free keras net can win a trial, but trained on everything for 15 epochs it reached
+# 99.34% where the compact net reached 99.42-99.43% (full-MNIST runs); the trials still compare architectures, and
+# the final one is the CnnArchitecture parameter (default compact).
+TUNED_FINAL_HYPERPARAMETERS = ("lr", "batch-size")
 
 # Tuning: trials see a stratified 30% of the training split (the dog-breed reference tuned on 30%).
 TUNING_TRAIN_FRACTION = 0.3
