@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "gunicorn>=23.0",
     "falcon>=4.0",
     "PyYAML>=6.0",
+    "Jinja2>=3.1",
     "protobuf>=3.20",
 ]
 
@@ -39,9 +40,12 @@ setup(
     version="0.1.0",
     description="SageMaker Pipelines MLOps for image classification, runnable locally with no AWS and no Docker.",
     python_requires=">=3.11",
-    packages=find_packages(include=["pipelines", "pipelines.*", "training", "training.*", "inference", "inference.*"]),
-    include_package_data=True,
+    # mlops: the host side (CLI, executor, registry, serving); pipelines: the SDK definitions;
+    # training + inference: the code that runs inside SageMaker containers (the job source bundle).
+    packages=find_packages(include=["mlops", "mlops.*", "pipelines", "pipelines.*", "training", "training.*",
+                                    "inference", "inference.*"]),
+    package_data={"mlops.local": ["templates/*.html"], "inference": ["requirements*.txt"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"dev": DEV_REQUIRES},
-    entry_points={"console_scripts": ["mlops=pipelines.cli:main"]},
+    entry_points={"console_scripts": ["mlops=mlops.cli:main"]},
 )

@@ -84,7 +84,7 @@ class OurServer:
     def start(self, port: int) -> None:
         self.log = open(tempfile.mktemp(prefix="bench-endpoint-", suffix=".log"), "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "inference.server", "--model-dir", str(self.model_dir), "--port", str(port),
+            [sys.executable, "-m", "mlops.serve.server", "--model-dir", str(self.model_dir), "--port", str(port),
              "--workers", str(self.workers), "--threads", str(self.threads), "--worker-class", self.worker_class],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_ping(port)
@@ -151,7 +151,7 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def build_model_dir(folder: Path) -> Path:
-    from inference.fixtures import write_cnn_model_dir
+    from tests.helpers.models import write_cnn_model_dir
 
     return write_cnn_model_dir(folder)  # the compact CNN with default hyperparameters; weights don't change speed
 

@@ -37,8 +37,8 @@ SLICE = ["--param", "MaxTrainSamples=2000", "--param", "MaxTestSamples=500", "--
 
 
 def step_overheads(execution_id: str) -> list[dict[str, float | str]]:
-    from pipelines.local import records
-    from pipelines.local.definition import parse
+    from mlops.local import records
+    from mlops.definition.model import parse
 
     execution = records.get_execution(execution_id)
     definition = parse(execution.definition)
@@ -66,7 +66,7 @@ def step_overheads(execution_id: str) -> list[dict[str, float | str]]:
 
 def shim_cost(repeats: int = 10) -> dict[str, float]:
     """What arming PR_SET_PDEATHSIG costs per job: an extra interpreter start before exec."""
-    from pipelines.local.jobs import _PDEATHSIG_SHIM
+    from mlops.local.jobs import _PDEATHSIG_SHIM
 
     def timed(command: list[str]) -> float:
         samples = []
@@ -82,7 +82,7 @@ def shim_cost(repeats: int = 10) -> dict[str, float]:
 
 
 def bookkeeping(repeats: int) -> dict:
-    from pipelines.local import commands, sample
+    from mlops.local import commands, sample
 
     rows, wall = [], []
     with tempfile.TemporaryDirectory() as home:
@@ -121,7 +121,7 @@ def _code_uri(output: str) -> str:
 def cached_rerun(max_tries: int = 3) -> dict:
     """Two runs in a fresh store; tried again if the job code changed in between (others edit training/)."""
     mlops = [str(ROOT / ".venv/bin/mlops")] if (ROOT / ".venv/bin/mlops").exists() else \
-        [sys.executable, "-m", "pipelines.cli"]
+        [sys.executable, "-m", "mlops.cli"]
     for attempt in range(1, max_tries + 1):
         with tempfile.TemporaryDirectory() as home:
             env = {**os.environ, "MLOPS_HOME": home, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}

@@ -38,7 +38,7 @@ def profiler_config() -> dict:
 def run_once(slice_dir: Path, work: Path, mode: str) -> dict:
     """mode: "off"; "sampler" (system sampler only); "full" (sampler + step timing + torch.profiler window)."""
     profiled = mode != "off"
-    from pipelines.local.instrument import JobInstruments
+    from mlops.local.instrument import JobInstruments
 
     env = {**os.environ, "SM_CHANNEL_TRAIN": str(slice_dir / "train"), "SM_CHANNEL_VALIDATION":
            str(slice_dir / "validation"), "SM_MODEL_DIR": str(work / "model"), "SM_OUTPUT_DIR": str(work / "output"),

@@ -44,7 +44,7 @@ def measure(strategy: str) -> dict:
                                 capture_output=True, text=True, check=False)
         load_after = os.getloadavg()
         os.environ["MLOPS_HOME"] = home
-        from pipelines.local import records
+        from mlops.local import records
 
         executions = records.list_executions()
         if not executions:

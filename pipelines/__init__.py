@@ -1,8 +1,13 @@
-"""MLOps pipelines for image classification: the SageMaker definition, its CLI, and the local executor."""
+"""SageMaker pipeline definitions, built with the SageMaker Python SDK: ``get_pipeline(...)`` and its parts.
 
+Nothing here runs jobs or talks to AWS: the host package (``mlops``) builds the definition JSON from these
+functions, validates it, runs it locally or sends it to SageMaker.
+"""
+
+import logging
 import os
 
-# The local executor evaluates SageMaker Debugger rules with smdebug, whose generated protobuf modules load only
-# with the pure-python protobuf runtime; the choice is fixed when google.protobuf is first imported (the SageMaker
-# SDK imports it), so it is made here, before anything in this package is imported.
-os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+# Before the SDK is first imported: it warns about v2's deprecation and logs where it looked for defaults files.
+os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+if logging.getLogger("sagemaker.config").level == logging.NOTSET:
+    logging.getLogger("sagemaker.config").setLevel(logging.WARNING)

@@ -47,7 +47,7 @@ def test_buildspec_shape():
 
 
 def test_every_command_exists():
-    from pipelines.cli import main
+    from mlops.cli import main
 
     runner = CliRunner()
     mlops_commands = []

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.local.profiler import SystemSampler, findings, render, step_statistics
-from pipelines.local.rules import RuleRunner
+from mlops.local.profiler import SystemSampler, findings, render, step_statistics
+from mlops.local.rules import RuleRunner
 from tests.conftest import ROOT, run_job, training_env
 
 JOB = "pipelines-exec1-TrainCNN-a1"
@@ -26,7 +26,7 @@ JOB = "pipelines-exec1-TrainCNN-a1"
 @pytest.fixture(scope="module")
 def train_cnn_args() -> dict:
     """TrainCNN's Debugger/Profiler settings from the real definition, the StopTraining prefix resolved."""
-    from pipelines.definition import PipelineConfig, build_definition
+    from mlops.definition.build import PipelineConfig, build_definition
 
     definition = build_definition(PipelineConfig())
     arguments = next(s for s in definition["Steps"] if s["Name"] == "TrainCNN")["Arguments"]
@@ -39,7 +39,7 @@ def train_cnn_args() -> dict:
 
 
 def _configure(work: Path, arguments: dict) -> dict[str, str]:
-    from pipelines.local.instrument import JobInstruments
+    from mlops.local.instrument import JobInstruments
 
     return JobInstruments(arguments, JOB, work).environment()
 
@@ -163,8 +163,8 @@ def test_report_names_the_data_loader_when_it_is_the_bottleneck():
 
 
 def test_hyperband_stops_a_weak_trial_and_outputs_are_written(tmp_path):
-    from pipelines.local.strategies import TRIALS_CSV, TUNING_JSON, TUNING_PNG, HyperbandSearch, write_outputs
-    from pipelines.local.tuning import Range
+    from mlops.local.strategies import TRIALS_CSV, TUNING_JSON, TUNING_PNG, HyperbandSearch, write_outputs
+    from mlops.local.tuning import Range
 
     ranges = [Range("Continuous", {"Name": "lr", "MinValue": "0.001", "MaxValue": "0.1", "ScalingType": "Logarithmic"})]
     search = HyperbandSearch(ranges, True, 7, 12)

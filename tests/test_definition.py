@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import staging
-from pipelines.definition import (
+from mlops import staging
+from mlops.definition.build import (
     LOCAL_BUCKET,
     LOCAL_ROLE_ARN,
     PipelineConfig,
@@ -221,7 +221,7 @@ def test_default_cache_and_retry(definition):
 
 def test_registered_model_can_come_from_the_tuner(monkeypatch):
     from pipelines.image_classification import pipeline as module
-    from pipelines.validate import errors_only, validate_definition
+    from mlops.definition.validate import errors_only, validate_definition
 
     monkeypatch.setattr(module, "REGISTERED_MODEL_SOURCE", "TuneCNN")
     built = build_definition(CONFIG)
@@ -324,7 +324,7 @@ def test_project_bundle_carries_job_scripts_and_inference_handlers():
 
 def test_stage_local_writes_both_layouts(tmp_path, monkeypatch):
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
-    from pipelines.local.store import s3_uri_to_path
+    from mlops.store import s3_uri_to_path
 
     _write_package(tmp_path, {"training/__init__.py": "", "training/job.py": "print('hi')\n"})
     bundle = staging.collect_bundle(tmp_path, ("training",))
@@ -340,7 +340,7 @@ def test_stage_local_writes_both_layouts(tmp_path, monkeypatch):
 
 def test_stage_dataset_local(tmp_path, monkeypatch):
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
-    from pipelines.local.store import s3_uri_to_path
+    from mlops.store import s3_uri_to_path
 
     written = staging.stage_dataset_local(staging.DATASET_DIR, "s3://mlops-local/data/mnist/")
     assert {p.name for p in written} == set(staging.DATASET_FILES)

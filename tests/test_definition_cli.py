@@ -1,17 +1,17 @@
 """`mlops run` (local target, the default) stages code and data, then hands the built definition to
-pipelines.local.commands; failures there become a clear message and a non-zero exit."""
+mlops.local.commands; failures there become a clear message and a non-zero exit."""
 
 from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
 
-from pipelines import staging
+from mlops import staging
 
 
 @pytest.fixture
 def local(monkeypatch, tmp_path):
-    from pipelines.local import commands
+    from mlops.local import commands
 
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
     for var in ("MLOPS_ROLE_ARN", "MLOPS_BUCKET", "MLOPS_PIPELINE_NAME", "MLOPS_REGION"):
@@ -32,8 +32,8 @@ def local(monkeypatch, tmp_path):
 
 
 def test_run_local_is_the_default(local, tmp_path):
-    from pipelines.cli import main
-    from pipelines.local.store import s3_uri_to_path
+    from mlops.cli import main
+    from mlops.store import s3_uri_to_path
 
     calls, status = local
     result = CliRunner().invoke(main, ["run", "--param", "CnnEpochs=2"])
@@ -57,7 +57,7 @@ def test_run_local_is_the_default(local, tmp_path):
 
 
 def test_run_local_refuses_bad_parameters(local):
-    from pipelines.cli import main
+    from mlops.cli import main
 
     calls, _ = local
     for argv, message in ((["run", "--param", "CnnEpochs"], "expected Name=Value"),
@@ -73,7 +73,7 @@ def test_run_local_refuses_bad_parameters(local):
 def test_definition_normalised_flag(monkeypatch):
     import json
 
-    from pipelines.cli import main
+    from mlops.cli import main
 
     monkeypatch.delenv("MLOPS_ROLE_ARN", raising=False)
     result = CliRunner().invoke(main, ["definition", "--normalised"])

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from inference import inference as h
-from inference.fixtures import digit_png, load_mnist, write_xgboost_model_dir
+from tests.helpers.models import digit_png, load_mnist, write_xgboost_model_dir
 from tests.test_inference import BAD_INPUTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +65,7 @@ def model_dir(tmp_path_factory):
 def server(model_dir):
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "inference.server", "--model-dir", str(model_dir), "--port", str(port),
+        [sys.executable, "-m", "mlops.serve.server", "--model-dir", str(model_dir), "--port", str(port),
          "--workers", "2", "--log-level", "info"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -226,7 +226,7 @@ def test_a_killed_worker_is_replaced(server, digits):
 
 
 def test_server_refuses_a_missing_model(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "inference.server", "--model-dir", str(tmp_path), "--port",
+    out = subprocess.run([sys.executable, "-m", "mlops.serve.server", "--model-dir", str(tmp_path), "--port",
                           str(free_port())], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 2 and "model_config.json" in out.stderr
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from inference import deploy
-from inference.fixtures import digit_png, load_mnist, package_model, write_xgboost_model_dir
-from pipelines.cli import main
-from pipelines.local import store
-from pipelines.registry import LocalRegistry
+from mlops.serve import deploy
+from tests.helpers.models import digit_png, load_mnist, package_model, write_xgboost_model_dir
+from mlops.cli import main
+from mlops import store
+from mlops.registry import LocalRegistry
 from tests.test_endpoint import free_port
 from tests.test_registry import EVAL_URI, EVALUATION, make_request
 from training.atomic import atomic_write_json

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from inference import inference as h
-from inference.fixtures import digit_png, load_mnist, write_cnn_model_dir, write_xgboost_model_dir
+from tests.helpers.models import digit_png, load_mnist, write_cnn_model_dir, write_xgboost_model_dir
 from inference.packaging import code_files
 
 

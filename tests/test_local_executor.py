@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipelines.local import commands, records, sample, store
-from pipelines.local.definition import ParameterError
+from mlops.local import commands, records, sample, store
+from mlops.definition.model import ParameterError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -191,7 +191,7 @@ def test_algorithm_errors_are_not_retried(uris):
 
 
 def _spawn_runner(home: Path, params: dict[str, str]) -> subprocess.Popen:
-    code = ("import sys, json; from pipelines.local import sample, commands; "
+    code = ("import sys, json; from mlops.local import sample, commands; "
             "d = sample.definition(sample.stage()); "
             "commands.run(d, json.loads(sys.argv[1]), pipeline_name='sample')")
     env = {**os.environ, "MLOPS_HOME": str(home), "MLOPS_CPUS": "2"}

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipelines.local import commands, records
+from mlops.local import commands, records
 
 
 @pytest.mark.slow
 def test_mlops_run_executes_the_real_definition_locally(tmp_path, monkeypatch):
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "mlops"))
     monkeypatch.setenv("MLOPS_CPUS", "2")
-    from pipelines.cli import main
+    from mlops.cli import main
 
     params = ["--param", "MaxTrainSamples=1500", "--param", "MaxTestSamples=300", "--param", "CnnEpochs=1",
               "--param", "XGBoostNumRound=5", "--param", "TuningMaxJobs=2", "--param", "TuningMaxParallelJobs=2",

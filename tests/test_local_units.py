@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-from pipelines.local import expressions as ex
-from pipelines.local.definition import DefinitionError, ParameterError, convert_parameter, parse
-from pipelines.local.engine import parse_duration, retry_delay
-from pipelines.local.jobs import INTERNAL_ERROR, JobFailed, extract_tar, run_process
-from pipelines.local.processing import PathMap
-from pipelines.local.runtime import CpuPool, job_name
-from pipelines.local.training import MetricStream, decode_hyperparameters, to_cmd_args, user_hyperparameters
-from pipelines.local.tuning import BayesianSearch, GridSearch, MedianStopping, RandomSearch, Range, parse_ranges
+from mlops.local import expressions as ex
+from mlops.definition.model import DefinitionError, ParameterError, convert_parameter, parse
+from mlops.local.engine import parse_duration, retry_delay
+from mlops.local.jobs import INTERNAL_ERROR, JobFailed, extract_tar, run_process
+from mlops.local.processing import PathMap
+from mlops.local.runtime import CpuPool, job_name
+from mlops.local.training import MetricStream, decode_hyperparameters, to_cmd_args, user_hyperparameters
+from mlops.local.tuning import BayesianSearch, GridSearch, MedianStopping, RandomSearch, Range, parse_ranges
 
 PROCESSING = {"ProcessingOutputConfig": {"Outputs": [
     {"OutputName": "train", "S3Output": {"S3Uri": "s3://b/train", "LocalPath": "/opt/ml/processing/train"}},
@@ -317,7 +317,7 @@ def test_median_stopping_rule():
 def test_live_reporter_renders(tmp_path):
     from rich.console import Console
 
-    from pipelines.local.progress import LiveReporter, PlainReporter, summary_lines
+    from mlops.local.progress import LiveReporter, PlainReporter, summary_lines
 
     out = io.StringIO()
     live = LiveReporter(Console(file=out, force_terminal=True, width=120))

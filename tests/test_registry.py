@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from pipelines.local import store
-from pipelines.registry import (
+from mlops import store
+from mlops.registry import (
     APPROVED,
     PENDING,
     REJECTED,

@@ -7,9 +7,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from pipelines.cli import main
-from pipelines.local import store
-from pipelines.registry import LocalRegistry
+from mlops.cli import main
+from mlops import store
+from mlops.registry import LocalRegistry
 from tests.test_registry import EVAL_URI, EVALUATION, make_request
 from training.atomic import atomic_write_json
 
@@ -84,7 +84,7 @@ def test_sagemaker_target_with_moto(monkeypatch):
     with moto.mock_aws():
         import boto3
 
-        from pipelines.registry import SageMakerRegistry
+        from mlops.registry import SageMakerRegistry
 
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="mlops-bucket")

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 from moto import mock_aws
 
-from pipelines import staging
-from pipelines.definition import PipelineConfig, build_definition
-from pipelines.sagemaker_driver import DriverError, SageMakerDriver, Unavailable
+from mlops import staging
+from mlops.definition.build import PipelineConfig, build_definition
+from mlops.aws.driver import DriverError, SageMakerDriver, Unavailable
 
 REGION = "us-east-1"
 BUCKET = "mlops-test-bucket"
@@ -137,7 +137,7 @@ def test_errors_are_driver_errors(aws, definition):
 
 
 def test_cli_run_sagemaker_and_executions(aws, monkeypatch):
-    from pipelines.cli import main
+    from mlops.cli import main
 
     monkeypatch.setenv("MLOPS_ROLE_ARN", ROLE)
     monkeypatch.setenv("MLOPS_BUCKET", BUCKET)

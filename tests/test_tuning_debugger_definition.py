@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pipelines.image_classification import pipeline as module
-from pipelines.validate import errors_only, validate_definition
+from mlops.definition.validate import errors_only, validate_definition
 
 BUCKET = "bucket"
 ROLE = "arn:aws:iam::000000000000:role/Pipelines"

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from pipelines.definition import LOCAL_BUCKET, LOCAL_ROLE_ARN, PipelineConfig, build_definition, iter_steps
-from pipelines.validate import errors_only, validate_definition
+from mlops.definition.build import LOCAL_BUCKET, LOCAL_ROLE_ARN, PipelineConfig, build_definition, iter_steps
+from mlops.definition.validate import errors_only, validate_definition
 
 CONFIG = PipelineConfig(region="us-east-1", role=LOCAL_ROLE_ARN, bucket=LOCAL_BUCKET)
 
@@ -149,7 +149,7 @@ def test_cli_definition_then_validate(tmp_path, monkeypatch):
     """`mlops definition` then `mlops validate FILE` pass; a broken file fails with a non-zero exit."""
     from click.testing import CliRunner
 
-    from pipelines.cli import main
+    from mlops.cli import main
 
     for var in ("MLOPS_ROLE_ARN", "MLOPS_BUCKET", "MLOPS_PIPELINE_NAME", "MLOPS_REGION"):
         monkeypatch.delenv(var, raising=False)

@@ -1,0 +1,209 @@
+"""The local endpoint: SageMaker's container contract (GET /ping, POST /invocations) on gunicorn + falcon.
+
+gunicorn's gthread workers keep client connections alive (sync workers close every connection, which costs
+keep-alive clients a reconnect per request: measured about 2x lower throughput and 5x higher p99 with hey).
+Each gunicorn worker loads the model once (after the fork, so every worker has its own torch thread pool of
+``threads`` threads: 1 by default, since workers x threads must not exceed the cores) and runs the handlers
+of :mod:`inference.inference`. Bad requests get a JSON error with their status and never take a worker down;
+a worker that hangs is replaced by gunicorn after ``timeout`` seconds.
+
+Run it with ``mlops deploy --target local`` or directly:
+``python -m mlops.serve.server --model-dir DIR [--port 8080] [--workers N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import falcon
+
+from inference import inference as handlers
+
+log = logging.getLogger("mlops.endpoint")
+DEFAULT_PORT = 8080
+DEFAULT_HOST = "127.0.0.1"
+DRAIN_FACTOR = 4
+
+
+def _error(resp: falcon.Response, status: int, message: str) -> None:
+    resp.status = falcon.code_to_http_status(status)
+    resp.content_type = falcon.MEDIA_JSON
+    resp.text = json.dumps({"error": message, "status": status})
+
+
+class Ping:
+    def __init__(self, model: handlers.LoadedModel) -> None:
+        self.body = json.dumps({"status": "healthy", "framework": model.framework})
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_JSON
+        resp.text = self.body
+
+
+class Invocations:
+    def __init__(self, model: handlers.LoadedModel, max_body: int = handlers.MAX_BODY_BYTES) -> None:
+        self.model = model
+        self.max_body = max_body
+
+    @staticmethod
+    def _stream(req: falcon.Request) -> Any:
+        # falcon's bounded_stream reads nothing without a Content-Length; gunicorn's wsgi.input decodes chunked
+        # bodies itself and ends where the body ends, so it is safe to read directly then.
+        return req.bounded_stream if req.content_length is not None else req.stream
+
+    def _drain(self, req: falcon.Request) -> None:
+        """Read and drop a moderately oversized body, so the client is reading when the 413 arrives.
+
+        Closing on unread data makes the kernel reset the connection and most clients then report a broken pipe
+        instead of the 413; bodies beyond DRAIN_FACTOR x the limit are not worth reading and are cut off.
+        """
+        budget = DRAIN_FACTOR * self.max_body
+        while budget > 0:
+            chunk = self._stream(req).read(min(1 << 16, budget))
+            if not chunk:
+                return
+            budget -= len(chunk)
+
+    def _read_body(self, req: falcon.Request) -> bytes:
+        length = req.content_length
+        if length is not None and length > self.max_body:  # refused from the headers, body never kept
+            if length <= DRAIN_FACTOR * self.max_body:
+                self._drain(req)
+            raise handlers.InferenceError(413, f"body of {length} bytes exceeds the limit of {self.max_body}")
+        body = self._stream(req).read(self.max_body + 1)
+        if len(body) > self.max_body:  # chunked bodies carry no Content-Length
+            self._drain(req)
+            raise handlers.InferenceError(413, f"body exceeds the limit of {self.max_body} bytes")
+        return body
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            body = self._read_body(req)
+            data = handlers.input_fn(body, req.content_type)
+            prediction = handlers.predict_fn(data, self.model)
+            text, content_type = handlers.output_fn(prediction, req.get_header("Accept"))
+        except handlers.InferenceError as exc:
+            log.info("%s %s -> %d %s", req.method, req.path, exc.status_code, exc.message)
+            _error(resp, exc.status_code, exc.message)
+            return
+        resp.content_type = content_type
+        resp.text = text
+
+
+def _unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]) -> None:
+    """Anything the handlers did not foresee: a JSON 500, logged with its traceback; the worker carries on."""
+    log.exception("unexpected error serving %s %s", req.method, req.path)
+    _error(resp, 500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _serialize_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+    """falcon's own errors (404, 405, bad headers) in the same JSON shape as the handlers' errors."""
+    _error(resp, int(exc.status_code), exc.title + (f": {exc.description}" if exc.description else ""))
+
+
+def create_app(model_dir: str | os.PathLike[str] | None = None, threads: int | None = None) -> falcon.App:
+    """The WSGI app for one worker: loads the model from ``model_dir`` (default $MLOPS_MODEL_DIR)."""
+    model_dir = str(model_dir or os.environ.get("MLOPS_MODEL_DIR") or "")
+    if not model_dir:
+        raise RuntimeError("no model directory: pass model_dir or set MLOPS_MODEL_DIR")
+    threads = threads or int(os.environ.get("MLOPS_TORCH_THREADS", "1"))
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:  # pragma: no cover - an XGBoost-only environment
+        pass
+    model = handlers.model_fn(model_dir)
+    app = falcon.App(media_type=falcon.MEDIA_JSON)
+    app.req_options.strip_url_path_trailing_slash = True
+    app.add_route("/ping", Ping(model))
+    app.add_route("/invocations", Invocations(model))
+    app.add_error_handler(Exception, _unexpected)
+    app.set_error_serializer(_serialize_http_error)
+    return app
+
+
+def check_model_dir(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Fail fast in the parent process with a clear message, before forking workers that would all fail."""
+    path = Path(model_dir)
+    config = handlers._read_config(str(path))
+    weights = handlers.TORCH_WEIGHTS if config["framework"] == "pytorch" else handlers.XGBOOST_MODEL
+    if not (path / weights).is_file():
+        raise FileNotFoundError(f"{path / weights} not found: {config['framework']} models need {weights}")
+    return config
+
+
+def default_workers() -> int:
+    return max(2, os.cpu_count() or 1)
+
+
+def serve(model_dir: str | os.PathLike[str], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          workers: int | None = None, threads: int = 1, timeout: int = 30, pidfile: str | None = None,
+          log_level: str = "warning", access_log: str | None = None, worker_class: str = "gthread",
+          connections: int = 4) -> None:
+    """Run gunicorn in the foreground until SIGINT/SIGTERM (graceful: in-flight requests finish)."""
+    from gunicorn.app.base import BaseApplication
+
+    check_model_dir(model_dir)
+    model_dir = str(Path(model_dir).resolve())
+
+    class EndpointApplication(BaseApplication):
+        def load_config(self) -> None:
+            settings = {
+                "bind": f"{host}:{port}" if ":" not in host else f"[{host}]:{port}",
+                "workers": workers or default_workers(),
+                "worker_class": worker_class,
+                "threads": connections if worker_class == "gthread" else 1,
+                "timeout": timeout,
+                "graceful_timeout": 10,
+                "keepalive": 5,
+                "backlog": 2048,
+                "loglevel": log_level,
+                "accesslog": access_log,
+                "errorlog": "-",
+                "pidfile": pidfile,
+                "proc_name": f"mlops-endpoint:{port}",
+                "limit_request_line": 8190,
+                "limit_request_fields": 100,
+            }
+            for key, value in settings.items():
+                if value is not None:
+                    self.cfg.set(key, value)
+
+        def load(self) -> falcon.App:
+            return create_app(model_dir, threads)
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # workers inherit it: no OpenMP oversubscription
+    EndpointApplication().run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", required=True, help="unpacked model.tar.gz (model_config.json, weights)")
+    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--workers", type=int, default=None, help="gunicorn workers (default: cores, at least 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--worker-class", choices=["gthread", "sync"], default="gthread",
+                        help="gthread: keep-alive connections, a few request threads per worker (default); "
+                             "sync: one request per connection")
+    parser.add_argument("--connections", type=int, default=4, help="gthread: connection threads per worker")
+    parser.add_argument("--pidfile", default=None)
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args(argv)
+    try:
+        serve(args.model_dir, args.host, args.port, args.workers, args.threads, pidfile=args.pidfile,
+              log_level=args.log_level, worker_class=args.worker_class, connections=args.connections)
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
