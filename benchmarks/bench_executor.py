@@ -37,8 +37,8 @@ SLICE = ["--param", "MaxTrainSamples=2000", "--param", "MaxTestSamples=500", "--
 
 
 def step_overheads(execution_id: str) -> list[dict[str, float | str]]:
-    from mlops.local import records
     from mlops.definition.model import parse
+    from mlops.local import records
 
     execution = records.get_execution(execution_id)
     definition = parse(execution.definition)

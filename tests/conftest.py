@@ -7,15 +7,13 @@ and arguments SageMaker would give them: the chain proven without the pipeline o
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-MNIST_DIR = ROOT / "data" / "mnist"
+from tests.helpers import MNIST_DIR
+from tests.helpers.jobs import run_job, training_env
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")  # smdebug (Debugger rules) needs it
@@ -26,22 +24,9 @@ def mnist_dir() -> Path:
     return MNIST_DIR
 
 
-def run_job(script: str, args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT,
-            timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python training/<script>`` as its own process, as a job container would."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, str(ROOT / "training" / script), *args], check=False, cwd=cwd,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="session")
-def run_job_script() -> Callable[..., subprocess.CompletedProcess]:
+def run_job_script() -> Callable:
     return run_job
-
-
-def training_env(train: Path, validation: Path, model_dir: Path, output_dir: Path) -> dict[str, str]:
-    return {"SM_CHANNEL_TRAIN": str(train), "SM_CHANNEL_VALIDATION": str(validation), "SM_MODEL_DIR": str(model_dir),
-            "SM_OUTPUT_DATA_DIR": str(output_dir / "data"), "SM_OUTPUT_DIR": str(output_dir), "SM_NUM_CPUS": "2"}
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from pathlib import Path
 
 import yaml
 from click.testing import CliRunner
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 BUILDSPEC = ROOT / "buildspec.yml"
 FAKE_ENV = {"MLOPS_REGION": "us-east-1", "AWS_REGION": "us-east-1", "CODEBUILD_RESOLVED_SOURCE_VERSION": "abc123"}
 

@@ -19,87 +19,20 @@ from mlops import store
 BUCKET = "sample-bucket"
 CODE_PREFIX = "sample/code/v1"
 
-_COMMON = '''
-import argparse, json, os, sys, time
-from pathlib import Path
-'''
-
-PREP = _COMMON + '''
-p = argparse.ArgumentParser()
-p.add_argument("--input-dir"); p.add_argument("--output-dir"); p.add_argument("--fail", default="")
-a = p.parse_args()
-if a.fail == "Prep":
-    print("prep: failing on purpose", file=sys.stderr); sys.exit(1)
-numbers = [float(x) for f in sorted(Path(a.input_dir).glob("*.txt")) for x in f.read_text().split()]
-for split, values in (("train", numbers[::2]), ("test", numbers[1::2])):
-    out = Path(a.output_dir) / split
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "data.json").write_text(json.dumps(values))
-print(f"prep: {len(numbers)} numbers")
-'''
-
-TRAIN = _COMMON + '''
-p = argparse.ArgumentParser()
-p.add_argument("--epochs", type=int, default=2); p.add_argument("--lr", type=float, default=0.1)
-p.add_argument("--sleep", type=float, default=0.0); p.add_argument("--fail", default="")
-p.add_argument("--name", default="model"); p.add_argument("--crash-once", default="")
-a, unknown = p.parse_known_args()
-if a.fail == a.name:
-    print(f"{a.name}: failing on purpose", file=sys.stderr)
-    Path(os.environ["SM_OUTPUT_DIR"], "failure").write_text(f"{a.name} was told to fail")
-    sys.exit(1)
-if a.crash_once:
-    marker = Path(a.crash_once)
-    if not marker.exists():
-        marker.write_text("crashed")
-        os.kill(os.getpid(), 9)
-data = json.loads(Path(os.environ["SM_CHANNEL_TRAIN"], "data.json").read_text())
-assert os.environ["SM_NUM_GPUS"] == "0" and json.loads(os.environ["SM_HOSTS"]) == ["algo-1"]
-acc = 0.5
-for epoch in range(1, a.epochs + 1):
-    time.sleep(a.sleep)
-    acc = 1 - 0.5 / (1 + epoch * a.lr * 10)
-    print(f"metrics: epoch={epoch}; train_loss={1 - acc:.6f}; val_loss={1 - acc:.6f}; val_accuracy={acc:.6f};")
-model = Path(os.environ["SM_MODEL_DIR"]); model.mkdir(parents=True, exist_ok=True)
-(model / "model.json").write_text(json.dumps({"name": a.name, "accuracy": acc, "n": len(data),
-                                               "cpus": os.environ["SM_NUM_CPUS"]}))
-out = Path(os.environ["SM_OUTPUT_DATA_DIR"]); out.mkdir(parents=True, exist_ok=True)
-(out / "history.json").write_text(json.dumps({"accuracy": acc}))
-'''
-
-EVALUATE = _COMMON + '''
-import tarfile
-p = argparse.ArgumentParser()
-p.add_argument("--model-a"); p.add_argument("--model-b"); p.add_argument("--output-dir"); p.add_argument("--fail", default="")
-a = p.parse_args()
-if a.fail == "Evaluate":
-    print("evaluate: failing on purpose", file=sys.stderr); sys.exit(1)
-def load(folder):
-    with tarfile.open(Path(folder) / "model.tar.gz") as tar:
-        return json.load(tar.extractfile("model.json"))
-cnn, base = load(a.model_a), load(a.model_b)
-report = {"multiclass_classification_metrics": {"accuracy": {"value": cnn["accuracy"], "standard_deviation": 0}},
-          "baseline": {"multiclass_classification_metrics": {"accuracy": {"value": base["accuracy"]}}}}
-out = Path(a.output_dir); out.mkdir(parents=True, exist_ok=True)
-(out / "evaluation.json").write_text(json.dumps(report))
-'''
-
-SCRIPTS = {"training/prep.py": PREP, "training/train.py": TRAIN, "training/evaluate.py": EVALUATE}
+JOBS_DIR = Path(__file__).resolve().parent / "sample_jobs"  # the bundle's root: training/{prep,train,evaluate}.py
+SCRIPTS = sorted(path.relative_to(JOBS_DIR).as_posix() for path in (JOBS_DIR / "training").glob("*.py"))
 
 
 def stage(bucket: str = BUCKET, prefix: str = CODE_PREFIX) -> dict[str, str]:
     """Write the code (tarball for training, unpacked files for processing) and input data into the store."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w:gz") as tar:
-        for name, text in SCRIPTS.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+        for name in SCRIPTS:
+            tar.add(JOBS_DIR / name, arcname=name)
     tarball = f"s3://{bucket}/{prefix}/sourcedir.tar.gz"
     store.put_bytes(tarball, raw.getvalue())
-    for name, text in SCRIPTS.items():
-        store.put_bytes(f"s3://{bucket}/{prefix}/source/{name}", text.encode())
+    for name in SCRIPTS:
+        store.put_bytes(f"s3://{bucket}/{prefix}/source/{name}", (JOBS_DIR / name).read_bytes())
     store.put_bytes(f"s3://{bucket}/sample/data/numbers.txt", " ".join(str(i) for i in range(40)).encode())
     return {"tarball": tarball, "source": f"s3://{bucket}/{prefix}/source/", "data": f"s3://{bucket}/sample/data/"}
 

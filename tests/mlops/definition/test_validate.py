@@ -8,7 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
-from mlops.definition.build import LOCAL_BUCKET, LOCAL_ROLE_ARN, PipelineConfig, build_definition, iter_steps
+from mlops.definition.build import build_definition
+from mlops.definition.config import LOCAL_BUCKET, LOCAL_ROLE_ARN, PipelineConfig
+from mlops.definition.model import iter_steps
 from mlops.definition.validate import errors_only, validate_definition
 
 CONFIG = PipelineConfig(region="us-east-1", role=LOCAL_ROLE_ARN, bucket=LOCAL_BUCKET)
@@ -20,7 +22,7 @@ def definition() -> dict:
 
 
 def step(definition: dict, name: str) -> dict:
-    return next(s for s in iter_steps(definition["Steps"]) if s["Name"] == name)
+    return next(s for s, _, _ in iter_steps(definition["Steps"]) if s["Name"] == name)
 
 
 def broken(definition: dict, change: Callable[[dict], None]) -> list[str]:

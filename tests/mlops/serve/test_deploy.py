@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mlops.serve import deploy
-from tests.helpers.models import digit_png, load_mnist, package_model, write_xgboost_model_dir
-from mlops.cli import main
 from mlops import store
+from mlops.cli import main
 from mlops.registry import LocalRegistry
-from tests.test_endpoint import free_port
-from tests.test_registry import EVAL_URI, EVALUATION, make_request
+from mlops.serve import deploy
+from tests.helpers import free_port
+from tests.helpers.models import digit_png, load_mnist, package_model, write_xgboost_model_dir
+from tests.helpers.registry import EVAL_URI, EVALUATION, make_request
 from training.atomic import atomic_write_json
 
 GROUP = "image-classification"

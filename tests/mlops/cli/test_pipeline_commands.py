@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from mlops import staging
+from mlops.definition.model import DefinitionError
+from pipelines.source_bundle import code_location, collect_bundle
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def local(monkeypatch, tmp_path):
 
     def run(definition, parameters, *, pipeline_name, wait=True):
         if parameters.get("CnnEpochs") == "0":
-            raise ValueError("CnnEpochs: must be positive")
+            raise DefinitionError("CnnEpochs: must be positive")
         calls.update(definition=definition, parameters=parameters, pipeline_name=pipeline_name, wait=wait)
         return "exec123"
 
@@ -44,8 +45,8 @@ def test_run_local_is_the_default(local, tmp_path):
     names = {step["Name"] for step in calls["definition"]["Steps"]}
     assert {"Preprocess", "TrainCNN", "TuneCNN", "Evaluate", "CheckAccuracy"} <= names
     # code and data were staged into the local store where the definition points
-    bundle = staging.collect_bundle()
-    staged = staging.code_location("mlops-local", "image-classification", bundle)
+    bundle = collect_bundle()
+    staged = code_location("mlops-local", "image-classification", bundle)
     assert s3_uri_to_path(staged.tarball_uri).read_bytes() == bundle.tarball()
     assert s3_uri_to_path("s3://mlops-local/data/mnist/train-labels-idx1-ubyte.gz").is_file()
 

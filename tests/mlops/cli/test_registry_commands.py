@@ -7,10 +7,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from mlops.cli import main
 from mlops import store
+from mlops.cli import main
 from mlops.registry import LocalRegistry
-from tests.test_registry import EVAL_URI, EVALUATION, make_request
+from tests.helpers.registry import EVAL_URI, EVALUATION, make_request
 from training.atomic import atomic_write_json
 
 GROUP = "image-classification"

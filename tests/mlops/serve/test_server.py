@@ -12,22 +12,14 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from inference import inference as h
+from tests.helpers import ROOT, free_port
+from tests.helpers.bad_requests import BAD_INPUTS
 from tests.helpers.models import digit_png, load_mnist, write_xgboost_model_dir
-from tests.test_inference import BAD_INPUTS
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None,

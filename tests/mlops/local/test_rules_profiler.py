@@ -18,7 +18,8 @@ import pytest
 
 from mlops.local.profiler import SystemSampler, findings, render, step_statistics
 from mlops.local.rules import RuleRunner
-from tests.conftest import ROOT, run_job, training_env
+from tests.helpers import ROOT
+from tests.helpers.jobs import run_job, training_env
 
 JOB = "pipelines-exec1-TrainCNN-a1"
 
@@ -26,7 +27,8 @@ JOB = "pipelines-exec1-TrainCNN-a1"
 @pytest.fixture(scope="module")
 def train_cnn_args() -> dict:
     """TrainCNN's Debugger/Profiler settings from the real definition, the StopTraining prefix resolved."""
-    from mlops.definition.build import PipelineConfig, build_definition
+    from mlops.definition.build import build_definition
+    from mlops.definition.config import PipelineConfig
 
     definition = build_definition(PipelineConfig())
     arguments = next(s for s in definition["Steps"] if s["Name"] == "TrainCNN")["Arguments"]
@@ -163,8 +165,8 @@ def test_report_names_the_data_loader_when_it_is_the_bottleneck():
 
 
 def test_hyperband_stops_a_weak_trial_and_outputs_are_written(tmp_path):
-    from mlops.local.strategies import TRIALS_CSV, TUNING_JSON, TUNING_PNG, HyperbandSearch, write_outputs
-    from mlops.local.tuning import Range
+    from mlops.local.search import HyperbandSearch, Range
+    from mlops.local.tuning_outputs import TRIALS_CSV, TUNING_JSON, TUNING_PNG, write_outputs
 
     ranges = [Range("Continuous", {"Name": "lr", "MinValue": "0.001", "MaxValue": "0.1", "ScalingType": "Logarithmic"})]
     search = HyperbandSearch(ranges, True, 7, 12)

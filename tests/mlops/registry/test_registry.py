@@ -8,38 +8,10 @@ import threading
 import pytest
 
 from mlops import store
-from mlops.registry import (
-    APPROVED,
-    PENDING,
-    REJECTED,
-    LocalRegistry,
-    RegistryError,
-    SageMakerRegistry,
-    check_transition,
-)
+from mlops.registry import APPROVED, PENDING, REJECTED, LocalRegistry, RegistryError, SageMakerRegistry
+from mlops.registry.base import check_transition
+from tests.helpers.registry import EVAL_URI, EVALUATION, GROUP, make_request
 from training.atomic import atomic_write_json
-
-GROUP = "MnistClassifier"
-EVAL_URI = "s3://mlops-bucket/executions/abc/evaluation/evaluation.json"
-EVALUATION = {
-    "multiclass_classification_metrics": {"accuracy": {"value": 0.9941, "standard_deviation": "NaN"}},
-    "baseline": {"multiclass_classification_metrics": {"accuracy": {"value": 0.9712, "standard_deviation": "NaN"}}},
-}
-
-
-def make_request(status: str = PENDING, group: str = GROUP) -> dict:
-    return {
-        "ModelPackageGroupName": group,
-        "ModelPackageDescription": "CNN compact, tuned",
-        "ModelApprovalStatus": status,
-        "InferenceSpecification": {
-            "Containers": [{"Image": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.5-cpu-py311",
-                            "ModelDataUrl": "s3://mlops-bucket/executions/abc/train/model.tar.gz"}],
-            "SupportedContentTypes": ["image/png", "application/json"],
-            "SupportedResponseMIMETypes": ["application/json"],
-        },
-        "ModelMetrics": {"ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": EVAL_URI}}},
-    }
 
 
 @pytest.fixture()

@@ -17,7 +17,8 @@ import json
 import os
 from pathlib import Path
 
-from mlops.definition.build import LOCAL_BUCKET, LOCAL_ROLE_ARN, PipelineConfig, build_definition, normalise, to_json
+from mlops.definition.build import build_definition, normalise, to_json
+from mlops.definition.config import LOCAL_BUCKET, LOCAL_ROLE_ARN, PipelineConfig
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "pipeline_definition.json"
 CONFIG = PipelineConfig(region="us-east-1", role=LOCAL_ROLE_ARN, bucket=LOCAL_BUCKET,

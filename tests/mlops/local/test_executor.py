@@ -14,10 +14,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mlops.local import commands, records, sample, store
-from mlops.definition.model import ParameterError
-
-ROOT = Path(__file__).resolve().parent.parent
+from mlops import store
+from mlops.definition.model import DefinitionError
+from mlops.local import commands, records
+from tests.helpers import ROOT
+from tests.helpers import sample_pipeline as sample
 
 
 @pytest.fixture()
@@ -155,7 +156,7 @@ def test_no_cache_when_disabled(uris):
     ({"ModelApprovalStatus": "Maybe"}, "is not one of"),
 ])
 def test_bad_parameters_are_refused_before_anything_runs(uris, params, message):
-    with pytest.raises(ParameterError) as caught:
+    with pytest.raises(DefinitionError) as caught:
         _run(sample.definition(uris), params)
     assert message in str(caught.value)
     if "unknown" in message:
@@ -191,7 +192,7 @@ def test_algorithm_errors_are_not_retried(uris):
 
 
 def _spawn_runner(home: Path, params: dict[str, str]) -> subprocess.Popen:
-    code = ("import sys, json; from mlops.local import sample, commands; "
+    code = ("import sys, json; from mlops.local import commands; from tests.helpers import sample_pipeline as sample; "
             "d = sample.definition(sample.stage()); "
             "commands.run(d, json.loads(sys.argv[1]), pipeline_name='sample')")
     env = {**os.environ, "MLOPS_HOME": str(home), "MLOPS_CPUS": "2"}

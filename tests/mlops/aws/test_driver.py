@@ -13,8 +13,11 @@ from click.testing import CliRunner
 from moto import mock_aws
 
 from mlops import staging
-from mlops.definition.build import PipelineConfig, build_definition
 from mlops.aws.driver import DriverError, SageMakerDriver, Unavailable
+from mlops.definition.build import build_definition
+from mlops.definition.config import PipelineConfig
+from pipelines.source_bundle import code_location, collect_bundle
+from tests.helpers import ROOT
 
 REGION = "us-east-1"
 BUCKET = "mlops-test-bucket"
@@ -39,8 +42,8 @@ def aws(monkeypatch):
 
 def test_stage_upsert_start_describe(aws, definition):
     driver = aws
-    bundle = staging.collect_bundle()
-    staged = staging.code_location(BUCKET, NAME, bundle)
+    bundle = collect_bundle()
+    staged = code_location(BUCKET, NAME, bundle)
     written = driver.stage_code(bundle, staged)
     assert written[-1] == f"{staged.prefix}/sourcedir.tar.gz"  # the tarball last: its presence means complete
     assert driver.stage_code(bundle, staged) == []  # same content hash: nothing uploaded again
@@ -49,7 +52,7 @@ def test_stage_upsert_start_describe(aws, definition):
     with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:gz") as tar:
         assert "training/preprocess.py" in tar.getnames()
     assert s3.get_object(Bucket=BUCKET, Key=f"{staged.prefix}/source/training/preprocess.py")["Body"].read() == \
-        (staging.PROJECT_ROOT / "training/preprocess.py").read_bytes()
+        (ROOT / "training/preprocess.py").read_bytes()
     # the definition points at exactly what was staged
     assert staged.tarball_uri in json.dumps(definition) and staged.source_uri in json.dumps(definition)
 
@@ -131,9 +134,9 @@ def test_errors_are_driver_errors(aws, definition):
         driver.start("missing")
     with pytest.raises(DriverError, match="does not exist"):
         driver.pipeline_definition("missing")
-    bundle = staging.collect_bundle()
+    bundle = collect_bundle()
     with pytest.raises(DriverError, match="uploading job code"):
-        driver.stage_code(bundle, staging.code_location("no-such-bucket", NAME, bundle))
+        driver.stage_code(bundle, code_location("no-such-bucket", NAME, bundle))
 
 
 def test_cli_run_sagemaker_and_executions(aws, monkeypatch):

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import copy
-import io
 import json
 import socket
-import tarfile
 import time
-from pathlib import Path
+from dataclasses import replace
 
 import pytest
 
-from mlops import staging
-from mlops.definition.build import (
-    LOCAL_BUCKET,
-    LOCAL_ROLE_ARN,
-    PipelineConfig,
-    build_definition,
-    check_parameter_overrides,
-    iter_steps,
-    normalise,
-    parse_parameter_options,
-    stabilise,
-)
+from mlops.definition.build import build_definition
+from mlops.definition.config import LOCAL_BUCKET, LOCAL_ROLE_ARN, PipelineConfig
+from mlops.definition.model import iter_steps
+from mlops.definition.validate import errors_only, validate_definition
+from pipelines.source_bundle import code_location, collect_bundle
 from training.metrics import CNN_METRIC_DEFINITIONS, OBJECTIVE_METRIC, XGBOOST_METRIC_DEFINITIONS
 
 CONFIG = PipelineConfig(region="us-east-1", role=LOCAL_ROLE_ARN, bucket=LOCAL_BUCKET,
@@ -38,7 +28,7 @@ def definition() -> dict:
 
 
 def steps_by_name(definition: dict) -> dict[str, dict]:
-    return {step["Name"]: step for step in iter_steps(definition["Steps"])}
+    return {step["Name"]: step for step, _, _ in iter_steps(definition["Steps"])}
 
 
 def test_steps_and_types(definition):
@@ -78,8 +68,8 @@ def test_definition_is_stable_between_builds(definition):
 
 def test_processing_steps_run_job_scripts_from_the_bundle(definition):
     steps = steps_by_name(definition)
-    bundle = staging.collect_bundle()
-    source_uri = staging.code_location(LOCAL_BUCKET, "image-classification", bundle).source_uri
+    bundle = collect_bundle()
+    source_uri = code_location(LOCAL_BUCKET, "image-classification", bundle).source_uri
     for name, script in (("Preprocess", "preprocess.py"), ("Evaluate", "evaluate.py")):
         arguments = steps[name]["Arguments"]
         assert arguments["AppSpecification"]["ContainerEntrypoint"] == [
@@ -116,7 +106,7 @@ def test_processing_steps_run_job_scripts_from_the_bundle(definition):
 
 def test_training_steps_use_script_mode_from_the_tarball(definition):
     steps = steps_by_name(definition)
-    tarball = staging.code_location(LOCAL_BUCKET, "image-classification", staging.collect_bundle()).tarball_uri
+    tarball = code_location(LOCAL_BUCKET, "image-classification", collect_bundle()).tarball_uri
     for name, script, metrics in (("TrainCNN", "train_cnn.py", CNN_METRIC_DEFINITIONS),
                                   ("TrainXGBoost", "train_xgboost.py", XGBOOST_METRIC_DEFINITIONS)):
         arguments = steps[name]["Arguments"]
@@ -187,7 +177,7 @@ def test_parameters_and_defaults(definition):
     defaults = {name: p.get("DefaultValue") for name, p in parameters.items()}
     assert defaults["ModelApprovalStatus"] == "PendingManualApproval"
     assert defaults["CnnEpochs"] == 15 and defaults["XGBoostNumRound"] == 300
-    # lr and batch size come from TuneCNN's best trial, so they are not parameters by default
+    # lr and batch size come from TuneCNN's best trial, so they are not parameters
     assert not {"CnnBatchSize", "CnnLearningRate"} & set(defaults)
     assert defaults["CnnArchitecture"] == "compact"
     assert defaults["AccuracyThreshold"] == 0.99
@@ -201,10 +191,9 @@ def test_parameters_and_defaults(definition):
 def test_cache_and_retry_settable_by_caller():
     from sagemaker.workflow.steps import CacheConfig
 
-    custom = PipelineConfig(**{**vars(CONFIG), "extra": {"cache_config": CacheConfig(enable_caching=False),
-                                                          "retry_policies": []}})
+    custom = replace(CONFIG, extra={"cache_config": CacheConfig(enable_caching=False), "retry_policies": []})
     built = build_definition(custom)
-    jobs = [s for s in iter_steps(built["Steps"]) if s["Type"] in ("Processing", "Training", "Tuning")]
+    jobs = [s for s, _, _ in iter_steps(built["Steps"]) if s["Type"] in ("Processing", "Training", "Tuning")]
     assert len(jobs) == 5
     for step in jobs:
         assert step.get("CacheConfig", {"Enabled": False})["Enabled"] is False
@@ -212,149 +201,37 @@ def test_cache_and_retry_settable_by_caller():
 
 
 def test_default_cache_and_retry(definition):
-    jobs = [s for s in iter_steps(definition["Steps"]) if s["Type"] in ("Processing", "Training", "Tuning")]
+    jobs = [s for s, _, _ in iter_steps(definition["Steps"]) if s["Type"] in ("Processing", "Training", "Tuning")]
     for step in jobs:
         assert step["CacheConfig"] == {"Enabled": True, "ExpireAfter": "P30D"}
         kinds = {kind for policy in step["RetryPolicies"] for kind in policy["ExceptionType"]}
         assert {"Step.THROTTLING", "SageMaker.CAPACITY_ERROR"} <= kinds
 
 
-def test_registered_model_can_come_from_the_tuner(monkeypatch):
-    from pipelines.image_classification import pipeline as module
-    from mlops.definition.validate import errors_only, validate_definition
-
-    monkeypatch.setattr(module, "REGISTERED_MODEL_SOURCE", "TuneCNN")
-    built = build_definition(CONFIG)
+def test_registered_model_can_come_from_the_tuner():
+    built = build_definition(replace(CONFIG, extra={"registered_model_source": "TuneCNN"}))
     steps = steps_by_name(built)
     model_url = json.dumps(steps["Register-RegisterModel"]["Arguments"]["InferenceSpecification"])
     assert "Steps.TuneCNN.TrainingJobSummaries[0].TrainingJobName" in model_url
     assert errors_only(validate_definition(built)) == []
-
-    monkeypatch.setattr(module, "REGISTERED_MODEL_SOURCE", "Nonsense")
-    with pytest.raises(ValueError, match="REGISTERED_MODEL_SOURCE"):
-        build_definition(CONFIG)
+    with pytest.raises(ValueError, match="registered_model_source='Nonsense'"):
+        build_definition(replace(CONFIG, extra={"registered_model_source": "Nonsense"}))
 
 
-def test_stabilise_and_normalise():
-    raw = {"Steps": [{"Name": "T", "Type": "Tuning", "Arguments": {"TrainingJobDefinition": {
-        "StaticHyperParameters": {"sagemaker_job_name": '"x-2026-01-02-03-04-05-678"', "a": "1"}}}},
-        {"Name": "C", "Type": "Condition", "Arguments": {"IfSteps": [{"Name": "X", "Type": "Training", "Arguments": {
-            "HyperParameters": {"sagemaker_job_name": "j", "sagemaker_submit_directory":
-                                '"s3://b/p/code/' + "a" * 64 + '/sourcedir.tar.gz"'},
-            "Name": "name-2026-01-02-03-04-05-678"}}]}}]}
-    before = copy.deepcopy(raw)
-    stable = stabilise(raw)
-    assert raw == before, "stabilise must not modify its input"
-    assert stable["Steps"][0]["Arguments"]["TrainingJobDefinition"]["StaticHyperParameters"] == {"a": "1"}
-    nested = normalise(raw)["Steps"][1]["Arguments"]["IfSteps"][0]["Arguments"]
-    assert nested["HyperParameters"] == {"sagemaker_submit_directory": '"s3://b/p/code/<code-hash>/sourcedir.tar.gz"'}
-    assert nested["Name"] == "name-<timestamp>"
 
 
-def test_parameter_overrides(definition):
-    assert parse_parameter_options(["CnnEpochs=2", "InputDataUrl=s3://b/k=v"]) == {
-        "CnnEpochs": "2", "InputDataUrl": "s3://b/k=v"}
-    with pytest.raises(ValueError, match="expected Name=Value"):
-        parse_parameter_options(["CnnEpochs"])
-    assert check_parameter_overrides(definition, {"CnnEpochs": "2", "AccuracyThreshold": "0.5"})
-    for bad, message in (({"Nope": "1"}, "not a parameter"), ({"CnnEpochs": "two"}, "expected a Integer"),
-                         ({"AccuracyThreshold": "high"}, "expected a Float"),
-                         ({"ModelApprovalStatus": "Maybe"}, "expected one of")):
-        with pytest.raises(ValueError, match=message):
-            check_parameter_overrides(definition, bad)
 
 
-def test_config_from_env():
-    config = PipelineConfig.from_env({"MLOPS_REGION": "eu-west-1", "MLOPS_BUCKET": "bkt"}, pipeline_name="p")
-    assert (config.region, config.bucket, config.pipeline_name, config.role) == ("eu-west-1", "bkt", "p", None)
-    assert config.for_local().role == LOCAL_ROLE_ARN
-    with pytest.raises(ValueError, match="MLOPS_ROLE_ARN"):
-        config.require_aws()
 
 
-# ------------------------------------------------------------------ staging
 
 
-def _write_package(root: Path, files: dict[str, str]) -> None:
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-
-
-def test_bundle_is_deterministic_and_content_hashed(tmp_path):
-    _write_package(tmp_path, {"training/__init__.py": "", "training/a.py": "A = 1\n", "training/sub/b.py": "B\n",
-                              "training/__pycache__/a.cpython-311.pyc": "junk", "training/notes.txt": "no",
-                              "inference/__init__.py": "", "inference/requirements.txt": "x\n"})
-    first = staging.collect_bundle(tmp_path)
-    assert [name for name, _ in first.files] == ["inference/__init__.py", "inference/requirements.txt",
-                                                 "training/__init__.py", "training/a.py", "training/sub/b.py"]
-    assert staging.collect_bundle(tmp_path, ("training",)).digest != first.digest
-    assert first.tarball() == staging.collect_bundle(tmp_path).tarball()
-
-    (tmp_path / "training/a.py").touch()  # a new mtime changes neither hash nor bytes
-    assert staging.collect_bundle(tmp_path).tarball() == first.tarball()
-    (tmp_path / "training/a.py").write_text("A = 2\n")
-    assert staging.collect_bundle(tmp_path).digest != first.digest
-
-    with tarfile.open(fileobj=io.BytesIO(first.tarball()), mode="r:gz") as tar:
-        members = tar.getmembers()
-        assert {m.name for m in members if m.isfile()} == {name for name, _ in first.files}
-        assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 for m in members)
-        tar.extractall(tmp_path / "out", filter="data")
-    assert (tmp_path / "out/training/sub/b.py").read_text() == "B\n"
-
-
-def test_bundle_errors_name_the_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match="training"):
-        staging.collect_bundle(tmp_path)
-    (tmp_path / "training").mkdir()
-    (tmp_path / "training/requirements.txt").write_text("numpy\n")
-    with pytest.raises(FileNotFoundError, match="no .py files"):
-        staging.collect_bundle(tmp_path, ("training",))
-
-
-def test_project_bundle_carries_job_scripts_and_inference_handlers():
-    names = {name for name, _ in staging.collect_bundle().files}
-    for needed in ("training/preprocess.py", "training/metrics.py", "inference/inference.py",
-                   "inference/packaging.py", "inference/requirements.txt"):
-        assert needed in names
-    assert not any("__pycache__" in name or name.endswith(".pyc") for name in names)
-
-
-def test_stage_local_writes_both_layouts(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
-    from mlops.store import s3_uri_to_path
-
-    _write_package(tmp_path, {"training/__init__.py": "", "training/job.py": "print('hi')\n"})
-    bundle = staging.collect_bundle(tmp_path, ("training",))
-    staged = staging.code_location("bkt", "pipe", bundle)
-    assert staged.tarball_uri == f"s3://bkt/pipe/code/{bundle.digest}/sourcedir.tar.gz"
-    written = staging.stage_local(bundle, staged)
-    assert len(written) == 3  # two source files and the tarball
-    assert s3_uri_to_path(staged.tarball_uri).read_bytes() == bundle.tarball()
-    assert (s3_uri_to_path(staged.source_uri) / "training/job.py").read_text() == "print('hi')\n"
-    assert staging.stage_local(bundle, staged) == []  # already staged: nothing rewritten
-    assert not list((tmp_path / "home").rglob("*.tmp"))
-
-
-def test_stage_dataset_local(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
-    from mlops.store import s3_uri_to_path
-
-    written = staging.stage_dataset_local(staging.DATASET_DIR, "s3://mlops-local/data/mnist/")
-    assert {p.name for p in written} == set(staging.DATASET_FILES)
-    target = s3_uri_to_path("s3://mlops-local/data/mnist/SHA256SUMS")
-    assert target.read_bytes() == (staging.DATASET_DIR / "SHA256SUMS").read_bytes()
-    assert staging.stage_dataset_local(staging.DATASET_DIR, "s3://mlops-local/data/mnist/") == []
-    with pytest.raises(FileNotFoundError, match="dataset files missing"):
-        staging.dataset_files(tmp_path)
 
 
 def test_every_script_the_definition_runs_is_in_the_bundle(definition):
-    names = {name for name, _ in staging.collect_bundle().files}
+    names = {name for name, _ in collect_bundle().files}
     scripts = set()
-    for step in iter_steps(definition["Steps"]):
+    for step, _, _ in iter_steps(definition["Steps"]):
         arguments = step["Arguments"]
         entrypoint = arguments.get("AppSpecification", {}).get("ContainerEntrypoint")
         if entrypoint:

@@ -11,14 +11,14 @@ import time
 
 import pytest
 
+from mlops.definition.model import DefinitionError
 from mlops.local import expressions as ex
-from mlops.definition.model import DefinitionError, ParameterError, convert_parameter, parse
-from mlops.local.engine import parse_duration, retry_delay
+from mlops.local.engine import load, parse_duration, retry_delay
 from mlops.local.jobs import INTERNAL_ERROR, JobFailed, extract_tar, run_process
 from mlops.local.processing import PathMap
 from mlops.local.runtime import CpuPool, job_name
+from mlops.local.search import BayesianSearch, GridSearch, MedianStopping, RandomSearch, Range, parse_ranges
 from mlops.local.training import MetricStream, decode_hyperparameters, to_cmd_args, user_hyperparameters
-from mlops.local.tuning import BayesianSearch, GridSearch, MedianStopping, RandomSearch, Range, parse_ranges
 
 PROCESSING = {"ProcessingOutputConfig": {"Outputs": [
     {"OutputName": "train", "S3Output": {"S3Uri": "s3://b/train", "LocalPath": "/opt/ml/processing/train"}},
@@ -44,7 +44,6 @@ def test_property_paths_pick_list_items_by_name_and_index():
     get = {"Get": "Steps.Prep.ProcessingOutputConfig.Outputs['test'].S3Output.S3Uri"}
     assert ex.resolve(get, ctx) == "s3://b/test"
     assert ex.resolve({"Get": "Steps.Tune.TrainingJobSummaries[1].TrainingJobName"}, ctx) == "second"
-    assert ex.parse_path("a.b['c.d'][3].e") == ["a", "b", "c.d", 3, "e"]
     with pytest.raises(ex.ExpressionError, match="no item named 'validation'"):
         ex.resolve({"Get": "Steps.Prep.ProcessingOutputConfig.Outputs['validation'].S3Output.S3Uri"}, ctx)
     with pytest.raises(ex.ExpressionError, match="out of range"):
@@ -90,52 +89,12 @@ def test_conditions():
         ex.evaluate_condition({"Type": "Between"}, ctx)
 
 
-def _step(name, kind="Processing", **extra):
-    return {"Name": name, "Type": kind, "Arguments": extra.pop("Arguments", {}), **extra}
-
-
-def test_graph_from_depends_on_references_and_condition_branches():
-    raw = {"Parameters": [], "Steps": [
-        _step("A"),
-        _step("B", "Training", Arguments={"X": {"Get": "Steps.A.ProcessingJobName"}}),
-        _step("C", DependsOn=["A"]),
-        {"Name": "Check", "Type": "Condition", "Arguments": {
-            "Conditions": [{"Type": "Equals", "LeftValue": {"Get": "Steps.B.TrainingJobName"}, "RightValue": "x"}],
-            "IfSteps": [_step("Reg", "RegisterModel")], "ElseSteps": [_step("Stop", "Fail")]}},
-    ]}
-    definition = parse(raw)
-    assert definition.steps["B"].upstream == {"A"}
-    assert definition.steps["Check"].upstream == {"B"}
-    assert definition.steps["Reg"].upstream == {"Check"} and definition.steps["Reg"].condition_branch is True
-    assert definition.steps["Stop"].condition_branch is False
-    order = definition.order()
-    assert order.index("A") < order.index("B") < order.index("Check") < order.index("Reg")
-    assert definition.downstream("A") == {"B", "C", "Check", "Reg", "Stop"}
-
-
-def test_graph_errors():
+def test_only_step_types_the_executor_runs_are_loaded():
+    with pytest.raises(DefinitionError, match="Type 'Lambda' cannot run locally"):
+        load({"Steps": [{"Name": "L", "Type": "Lambda", "Arguments": {}}]})
     with pytest.raises(DefinitionError, match="cycle"):
-        parse({"Steps": [_step("A", DependsOn=["B"]), _step("B", DependsOn=["A"])]})
-    with pytest.raises(DefinitionError, match="unknown step"):
-        parse({"Steps": [_step("A", DependsOn=["Ghost"])]})
-    with pytest.raises(DefinitionError, match="cannot run locally"):
-        parse({"Steps": [_step("L", "Lambda")]})
-    with pytest.raises(DefinitionError, match="two steps are named"):
-        parse({"Steps": [_step("A"), _step("A")]})
-
-
-def test_parameter_conversion():
-    assert convert_parameter("N", "Integer", "42") == 42 and convert_parameter("N", "Integer", 7) == 7
-    assert convert_parameter("F", "Float", "1e-3") == 0.001
-    assert convert_parameter("B", "Boolean", "TRUE") is True
-    assert convert_parameter("S", "String", "x") == "x"
-    for kind, value in (("Integer", "4.0"), ("Integer", True), ("Float", "nan"), ("Float", "x"),
-                        ("Boolean", "yes"), ("String", 3)):
-        with pytest.raises(ParameterError):
-            convert_parameter("P", kind, value)
-    definition = parse({"Parameters": [{"Name": "Required", "Type": "String"}], "Steps": []})
-    with pytest.raises(ParameterError, match="has no default"):
-        definition.resolve_parameters({})
+        load({"Steps": [{"Name": "A", "Type": "Fail", "Arguments": {}, "DependsOn": ["B"]},
+                        {"Name": "B", "Type": "Fail", "Arguments": {}, "DependsOn": ["A"]}]})
 
 
 def test_hyperparameters_follow_the_training_toolkit():
