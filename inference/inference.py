@@ -133,7 +133,7 @@ class LoadedModel:
             return torch.softmax(logits.float(), dim=1).numpy()
 
 
-def _read_config(model_dir: str) -> dict[str, Any]:
+def read_config(model_dir: str) -> dict[str, Any]:
     path = os.path.join(model_dir, CONFIG_FILE)
     try:
         with open(path, encoding="utf-8") as handle:
@@ -197,7 +197,7 @@ def _compile_for_inference(net: Any, shape: list[int]) -> Any:
 
 def model_fn(model_dir: str) -> LoadedModel:
     """Load the model that model_config.json describes; weights never go through pickle."""
-    config = _read_config(model_dir)
+    config = read_config(model_dir)
     if config["framework"] == "xgboost":
         import xgboost
 

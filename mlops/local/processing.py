@@ -19,7 +19,7 @@ from typing import Any
 from mlops import store
 from mlops.local import records
 from mlops.local.jobs import JobFailed, extract_tar, run_process
-from mlops.local.runtime import StepResult, StepRun
+from mlops.local.runtime import StepResult, StepRun, thread_env
 
 CONTAINER_ROOT = "/opt/ml"
 PYTHON_NAMES = ("python", "python3", f"python{sys.version_info.major}.{sys.version_info.minor}")
@@ -108,7 +108,7 @@ def run(step: StepRun) -> StepResult:
     try:
         env = dict(os.environ)
         env.update({k: str(v) for k, v in (args.get("Environment") or {}).items()})
-        env.update(_thread_env(cpus))
+        env.update(thread_env(cpus))
         env["PYTHONUNBUFFERED"] = "1"
         config_dir = root / "opt/ml/config"
         config_dir.mkdir(parents=True, exist_ok=True)
@@ -172,10 +172,3 @@ def read_property_files(declared: list[dict[str, Any]], properties: dict[str, An
         except json.JSONDecodeError as exc:
             raise JobFailed(f"PropertyFile {name}: {uri} is not valid JSON: {exc}") from exc
     return found
-
-
-def _thread_env(cpus: int) -> dict[str, str]:
-    """Keep numeric libraries within the job's share of the CPU budget."""
-    value = str(cpus)
-    return {"OMP_NUM_THREADS": value, "MKL_NUM_THREADS": value, "OPENBLAS_NUM_THREADS": value,
-            "NUMEXPR_NUM_THREADS": value}

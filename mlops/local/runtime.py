@@ -44,6 +44,13 @@ def default_cpu_budget() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def thread_env(cpus: int) -> dict[str, str]:
+    """Keep numeric libraries within the job's share of the CPU budget."""
+    value = str(cpus)
+    return {"OMP_NUM_THREADS": value, "MKL_NUM_THREADS": value, "OPENBLAS_NUM_THREADS": value,
+            "NUMEXPR_NUM_THREADS": value}
+
+
 class CpuPool:
     """Cores shared by the job processes of one execution.
 

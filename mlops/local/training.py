@@ -23,8 +23,7 @@ from mlops import store
 from mlops.local import records
 from mlops.local.instrument import JobInstruments
 from mlops.local.jobs import STOPPING, JobFailed, extract_tar, pack_dir, run_process
-from mlops.local.processing import _thread_env
-from mlops.local.runtime import CpuPool, Reporter, StepResult, StepRun, Ticket
+from mlops.local.runtime import CpuPool, Reporter, StepResult, StepRun, Ticket, thread_env
 from training.metrics import parse_metrics
 
 CURRENT_HOST = "algo-1"
@@ -285,7 +284,7 @@ def _environment(job_name: str, user: dict[str, Any], channels: dict[str, Path],
                  submit: str, program: str, request: dict[str, Any]) -> dict[str, str]:
     env = dict(os.environ)
     env.update({k: str(v) for k, v in (request.get("Environment") or {}).items()})
-    env.update(_thread_env(cpus))
+    env.update(thread_env(cpus))
     model_dir, output_dir = work_dir / "model", work_dir / "output"
     training_env = {
         "job_name": job_name,

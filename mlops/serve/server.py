@@ -132,7 +132,7 @@ def create_app(model_dir: str | os.PathLike[str] | None = None, threads: int | N
 def check_model_dir(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Fail fast in the parent process with a clear message, before forking workers that would all fail."""
     path = Path(model_dir)
-    config = handlers._read_config(str(path))
+    config = handlers.read_config(str(path))
     weights = handlers.TORCH_WEIGHTS if config["framework"] == "pytorch" else handlers.XGBOOST_MODEL
     if not (path / weights).is_file():
         raise FileNotFoundError(f"{path / weights} not found: {config['framework']} models need {weights}")

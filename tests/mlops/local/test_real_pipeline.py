@@ -1,48 +1,101 @@
-"""The real definition (pipelines/image_classification) run by `mlops run` on a small MNIST slice."""
+"""The real definition (pipelines/image_classification) run by ``mlops run`` on a slice of MNIST where the CNN learns.
+
+The first execution must take the Register branch with a CNN that reads digits; the second, identical but for
+AccuracyThreshold=1.0, must reuse every job from the cache, take the Fail branch, register nothing, and say why
+with both figures.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from mlops.cli import main
 from mlops.local import commands, records
+from mlops.registry import LocalRegistry
+
+SLICE = {"MaxTrainSamples": "6000", "MaxTestSamples": "1000", "CnnEpochs": "3", "XGBoostNumRound": "20",
+         "TuningMaxJobs": "2", "TuningMaxParallelJobs": "2"}
+JOB_STEPS = {"Preprocess", "TrainCNN", "TrainXGBoost", "TuneCNN", "Evaluate"}
+
+
+def _run(**params: str) -> tuple[str, str]:
+    argv = ["run"] + [item for name, value in {**SLICE, **params}.items() for item in ("--param", f"{name}={value}")]
+    result = CliRunner().invoke(main, argv)
+    return commands.list_executions()[0]["PipelineExecutionId"], result.output
+
+
+def _steps(execution_id: str) -> dict[str, records.StepRecord]:
+    return {s.step_name: s for s in records.list_steps(execution_id)}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("mlops")
+        patch.setenv("MLOPS_HOME", str(folder))
+        patch.setenv("MLOPS_CPUS", "2")
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def registered(home: Path) -> tuple[str, str]:
+    return _run(AccuracyThreshold="0.9")
 
 
 @pytest.mark.slow
-def test_mlops_run_executes_the_real_definition_locally(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "mlops"))
-    monkeypatch.setenv("MLOPS_CPUS", "2")
-    from mlops.cli import main
-
-    params = ["--param", "MaxTrainSamples=1500", "--param", "MaxTestSamples=300", "--param", "CnnEpochs=1",
-              "--param", "XGBoostNumRound=5", "--param", "TuningMaxJobs=2", "--param", "TuningMaxParallelJobs=2",
-              "--param", "AccuracyThreshold=0.0"]
-    result = CliRunner().invoke(main, ["run", *params])
-    executions = commands.list_executions()
-    assert len(executions) == 1, result.output
-    execution_id = executions[0]["PipelineExecutionId"]
-    steps = {s.step_name: s for s in records.list_steps(execution_id)}
-    for name in ("Preprocess", "TrainCNN", "TrainXGBoost", "TuneCNN", "Evaluate", "CheckAccuracy"):
-        assert steps[name].status == "Succeeded", (name, steps[name].failure_reason, result.output)
-    # the branch the condition chose ran, the other did not
-    outcome = steps["CheckAccuracy"].properties["Outcome"]
-    assert ("RegisterModel-RegisterModel" in steps) == (outcome == "True")
-    assert ("FailAccuracy" in steps) == (outcome == "False")
+def test_the_cnn_learns_and_is_registered_pending_approval_with_its_metrics(registered):
+    execution_id, output = registered
+    assert commands.describe_execution(execution_id)["PipelineExecutionStatus"] == "Succeeded", output
+    steps = _steps(execution_id)
+    assert {name for name, s in steps.items() if s.status == "Succeeded"} == JOB_STEPS | {
+        "CheckAccuracy", "Register-RegisterModel"}
+    assert "FailAccuracy" not in steps
     evaluation = steps["Evaluate"].metadata["PropertyFiles"]["EvaluationReport"]
-    assert 0.0 <= evaluation["multiclass_classification_metrics"]["accuracy"]["value"] <= 1.0
+    accuracy = evaluation["multiclass_classification_metrics"]["accuracy"]["value"]
+    assert accuracy >= 0.9, evaluation
+    assert accuracy >= evaluation["baseline"]["multiclass_classification_metrics"]["accuracy"]["value"]
+
+    packages = LocalRegistry().list_model_packages("image-classification")
+    assert len(packages) == 1
+    package = packages[0]
+    assert package["ModelApprovalStatus"] == "PendingManualApproval"
+    assert package["ModelPackageVersion"] == steps["Register-RegisterModel"].properties["ModelPackageVersion"]
+    statistics = package["ModelMetrics"]["ModelQuality"]["Statistics"]
+    assert statistics["ContentType"] == "application/json" and statistics["S3Uri"].endswith("/evaluation.json")
+    assert package["Metrics"]["accuracy"] == pytest.approx(accuracy)
+    model_url = package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+    assert model_url == steps["TrainCNN"].properties["ModelArtifacts"]["S3ModelArtifacts"]
+
     trials = [j for j in records.list_jobs(execution_id, "TuneCNN") if j["job_type"] == "Training"]
     assert len(trials) == 2
-    assert json.loads(trials[0]["hyperparameters"]["_tuning_objective_metric"]) == "validation:accuracy"
-    cnn_hps = steps["TrainCNN"].properties["HyperParameters"]
-    assert cnn_hps["epochs"] == "1"
-    report = commands.describe_execution(execution_id)["ReportPath"]
-    assert "confusion_matrix.png" in Path(report).read_text()
+    assert steps["TrainCNN"].properties["HyperParameters"]["epochs"] == "3"
+    assert "confusion_matrix.png" in Path(commands.describe_execution(execution_id)["ReportPath"]).read_text()
 
-    # nothing changed: everything that can be cached is
-    CliRunner().invoke(main, ["run", *params])
-    second = commands.list_executions()[0]["PipelineExecutionId"]
-    cached = {s.step_name for s in records.list_steps(second) if s.cache_source == execution_id}
-    assert cached == {"Preprocess", "TrainCNN", "TrainXGBoost", "TuneCNN", "Evaluate"}
+
+@pytest.mark.slow
+def test_below_the_threshold_nothing_is_registered_and_the_fail_step_says_why(registered):
+    first, _ = registered
+    execution_id, output = _run(AccuracyThreshold="1.0")
+    described = commands.describe_execution(execution_id)
+    assert described["PipelineExecutionStatus"] == "Failed", output
+    steps = _steps(execution_id)
+    assert {name for name, s in steps.items() if s.cache_source == first} == JOB_STEPS  # nothing else changed
+    assert steps["CheckAccuracy"].properties["Outcome"] == "False"
+    assert "Register-RegisterModel" not in steps
+    assert len(LocalRegistry().list_model_packages("image-classification")) == 1  # only the first execution's
+
+    evaluation = steps["Evaluate"].metadata["PropertyFiles"]["EvaluationReport"]
+    cnn = evaluation["multiclass_classification_metrics"]["accuracy"]["value"]
+    baseline = evaluation["baseline"]["multiclass_classification_metrics"]["accuracy"]["value"]
+    message = steps["FailAccuracy"].failure_reason
+    assert described["FailureReason"] == message
+    figures = [float(f) for f in re.findall(r"\d+\.\d+", message)]
+    assert figures == [cnn, 1.0, baseline], message
+    assert "the model was not registered" in message
+    assert json.loads(json.dumps(described, default=str))["FailureReason"] in output
