@@ -1,6 +1,6 @@
 """Benchmark: the local executor's own cost per step, and a cached rerun of the real pipeline.
 
-1. Bookkeeping per step (target < 0.5 s): the sample definition (pipelines/local/sample.py: the real
+1. Bookkeeping per step (target < 0.5 s): the sample definition (tests/helpers/sample_pipeline.py: the real
    pipeline's shape with jobs that do almost nothing) runs with caching off. For every step, overhead =
    the time from its last upstream step's end to its own end, minus the job process's own run time and
    minus time spent waiting for a free core (that is the CPU budget at work, not bookkeeping). It
@@ -66,7 +66,7 @@ def step_overheads(execution_id: str) -> list[dict[str, float | str]]:
 
 def shim_cost(repeats: int = 10) -> dict[str, float]:
     """What arming PR_SET_PDEATHSIG costs per job: an extra interpreter start before exec."""
-    from mlops.local.jobs import _PDEATHSIG_SHIM
+    from mlops.local.jobs import PDEATHSIG_SHIM
 
     def timed(command: list[str]) -> float:
         samples = []
@@ -77,12 +77,13 @@ def shim_cost(repeats: int = 10) -> dict[str, float]:
         return statistics.median(samples)
 
     plain = timed([sys.executable, "-c", "pass"])
-    shimmed = timed([sys.executable, "-c", _PDEATHSIG_SHIM, str(os.getpid()), sys.executable, "-c", "pass"])
+    shimmed = timed([sys.executable, "-c", PDEATHSIG_SHIM, str(os.getpid()), sys.executable, "-c", "pass"])
     return {"python_start_s": plain, "with_shim_s": shimmed, "shim_extra_s": shimmed - plain}
 
 
 def bookkeeping(repeats: int) -> dict:
-    from mlops.local import commands, sample
+    from mlops.local import commands
+    from tests.helpers import sample_pipeline as sample
 
     rows, wall = [], []
     with tempfile.TemporaryDirectory() as home:

@@ -30,7 +30,7 @@ TRAIN_ARGS = ["--epochs", "2", "--batch-size", "64"]
 
 
 def profiler_config() -> dict:
-    from pipelines.image_classification.pipeline import profiler_config as build
+    from pipelines.image_classification.debugging import profiler_config as build
 
     return build("s3://bench/profiler")._to_request_dict()
 

@@ -1,7 +1,7 @@
 """``mlops definition | validate | run``: build the definition, check it, run it locally or on SageMaker.
 
-The SageMaker SDK (about 2 s to import) and the executor load inside the commands that need them, so the
-other ``mlops`` commands start at once.
+The SageMaker SDK (about 2 s to import), botocore's API models and boto3 load inside the commands that need
+them, so the other ``mlops`` commands start at once.
 """
 
 from __future__ import annotations
@@ -11,9 +11,12 @@ from typing import Any
 
 import click
 
+from mlops import staging
 from mlops.cli.common import TARGETS, config, fail, parse_pairs
 from mlops.definition.config import PipelineConfig
 from mlops.definition.model import DefinitionError, load_definition, parse
+from mlops.local import commands
+from pipelines.source_bundle import code_location, collect_bundle
 from training.atomic import atomic_write_text
 
 STRATEGY = click.option("--tuning-strategy", type=click.Choice(["Bayesian", "Random", "Grid", "Hyperband"]),
@@ -102,9 +105,6 @@ def run(ctx: click.Context, target: str, params: tuple[str, ...], wait: bool, ta
 def _stage_inputs(built_config: PipelineConfig, built: dict[str, Any], overrides: dict[str, str], upload_code,
                   upload_data) -> None:
     """Upload the code bundle and, unless InputDataUrl is overridden, the shipped dataset to its default URI."""
-    from mlops import staging
-    from pipelines.source_bundle import code_location, collect_bundle
-
     bundle = collect_bundle()
     staged = code_location(built_config.bucket, built_config.pipeline_name, bundle)
     written = upload_code(bundle, staged)
@@ -116,9 +116,6 @@ def _stage_inputs(built_config: PipelineConfig, built: dict[str, Any], overrides
 
 
 def _run_local(built_config: PipelineConfig, built: dict[str, Any], overrides: dict[str, str], wait: bool) -> None:
-    from mlops import staging
-    from mlops.local import commands
-
     _stage_inputs(built_config, built, overrides, staging.stage_local, staging.stage_dataset_local)
     try:
         execution_id = commands.run(built, overrides, pipeline_name=built_config.pipeline_name, wait=wait)

@@ -29,7 +29,7 @@ SERVICE_FAULT = "Step.SERVICE_FAULT"
 THROTTLING = "Step.THROTTLING"
 
 # Arms PR_SET_PDEATHSIG=SIGKILL, checks the parent did not already die, then becomes the job.
-_PDEATHSIG_SHIM = (
+PDEATHSIG_SHIM = (
     "import ctypes,os,sys\n"
     "ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)\n"
     "os.getppid() == int(sys.argv[1]) or os._exit(137)\n"
@@ -86,7 +86,7 @@ def run_process(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Pa
     if STOPPING.is_set():
         raise JobFailed(f"the {what} was not started: the execution is stopping", None, status="Stopped")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-c", _PDEATHSIG_SHIM, str(os.getpid()), *argv] if sys.platform == "linux" else argv
+    command = [sys.executable, "-c", PDEATHSIG_SHIM, str(os.getpid()), *argv] if sys.platform == "linux" else argv
     with open(log_path, "ab", buffering=0) as log:
         log.write(f"[mlops] {time.strftime('%Y-%m-%dT%H:%M:%S')} start: {' '.join(argv)}\n".encode())
         began = time.perf_counter()

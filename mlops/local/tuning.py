@@ -78,7 +78,8 @@ def run(step: StepRun) -> StepResult:
         raise JobFailed(f"objective metric {metric!r} has no MetricDefinition (have {sorted(metric_names)})")
     ranges = parse_ranges(config.get("ParameterRanges") or {})
     name = tuning_job_name(step.execution_id, step.step_name, step.attempt)
-    seed = int(config.get("RandomSeed") or int(hashlib.sha1(name.encode()).hexdigest()[:8], 16))
+    seed = config.get("RandomSeed")  # SageMaker's repeatable search; without one, each tuning job differs
+    seed = int(seed) if seed is not None else int(hashlib.sha1(name.encode()).hexdigest()[:8], 16)
     strategy = STRATEGIES[strategy_name](ranges, maximize, seed, max_jobs)
     stopping = MedianStopping(metric, maximize) if config.get("TrainingJobEarlyStoppingType") == "Auto" else None
     static_hps = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in

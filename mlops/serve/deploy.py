@@ -124,7 +124,7 @@ def port_free(host: str, port: int) -> bool:
 
 def prepare(registry: Any, group: str, version: int | None, name: str | None = None) -> dict[str, Any]:
     """Everything before serving: choose, extract, check the handlers load it. Returns the endpoint record."""
-    from mlops.serve.server import check_model_dir
+    from mlops.serve.server import check_model_dir  # imports torch: only when a model is deployed
 
     record = choose_version(registry, group, version)
     name = name or group
@@ -160,7 +160,7 @@ def wait_ready(url: str, timeout: float = READY_TIMEOUT_S, process: subprocess.P
 
 def start(endpoint: dict[str, Any], host: str, port: int, workers: int | None, background: bool) -> dict[str, Any]:
     """Serve the prepared model: foreground (blocks until Ctrl-C) or detached with a pidfile."""
-    from mlops.serve import server
+    from mlops.serve import server  # imports torch: only when a model is served
 
     if not port_free(host, port):
         raise DeployError(f"{host}:{port} is already in use (an endpoint still running? `mlops deploy --stop`)")

@@ -32,6 +32,7 @@ class Parameters:
     cnn_architecture: ParameterString
     tuning_strategy: ParameterString
     tuning_early_stopping: ParameterString
+    tuning_random_seed: ParameterInteger
 
     def as_list(self) -> list:
         return [getattr(self, f.name) for f in fields(self)]
@@ -65,4 +66,6 @@ def make_parameters(default_bucket: str, tuning_strategy: str, input_prefix: str
                                         enum_values=RUNTIME_STRATEGIES if runtime_choice else [tuning_strategy]),
         tuning_early_stopping=ParameterString("TuningEarlyStoppingType", default_value="Auto" if runtime_choice
                                               else "Off", enum_values=["Auto", "Off"] if runtime_choice else ["Off"]),
+        # The same seed and the same parameters search the same trials: two executions can be compared.
+        tuning_random_seed=ParameterInteger("TuningRandomSeed", default_value=42),
     )

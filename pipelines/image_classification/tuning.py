@@ -60,5 +60,6 @@ def make_tuner(estimator: EstimatorBase, params: Parameters, strategy: str, base
         max_jobs=params.tuning_max_jobs,
         max_parallel_jobs=params.tuning_max_parallel_jobs,
         base_tuning_job_name=f"{base_job_prefix}-tune",
+        random_seed=params.tuning_random_seed,
         **options,
     )
