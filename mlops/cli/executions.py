@@ -6,7 +6,6 @@ where every step's logs, attempts and reports live.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +151,7 @@ def retry(execution_id: str) -> None:
     except (LookupError, RuntimeError) as exc:
         fail(str(exc))
     if status != records.SUCCEEDED:
-        sys.exit(1)
+        fail(f"execution {execution_id} ended {status} again (see the summary above)")
 
 
 @executions.command("report")

@@ -369,13 +369,13 @@ class Engine:
                      f"{objective.get('MetricName')}={objective.get('Value')}"
         self.reporter.step_status(step.name, "Succeeded", detail)
 
-    def _try_cache(self, step: Step, cache_key: str) -> bool:
+    def _try_cache(self, step: Step, key: str) -> bool:
         expire = parse_duration(step.cache_expire_after)
         not_before = time.time() - expire.total_seconds() if expire else 0.0
-        hit = records.find_cached_step(self.pipeline_name, step.name, cache_key, not_before, self.execution_id)
+        hit = records.find_cached_step(self.pipeline_name, step.name, key, not_before, self.execution_id)
         if hit is None or not _outputs_exist(step.type, hit.properties or {}):
             return False
-        records.start_step(self.execution_id, step.name, step.type, 0, cache_key=cache_key, work_dir=hit.work_dir,
+        records.start_step(self.execution_id, step.name, step.type, 0, cache_key=key, work_dir=hit.work_dir,
                            log_path=hit.log_path, cpus=0)
         source = hit.cache_source or hit.execution_id  # the run that produced the outputs
         metadata = dict(hit.metadata or {}, CacheHit={"SourcePipelineExecutionArn":

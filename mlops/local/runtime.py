@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from mlops.definition.model import Step
+
 
 class Reporter(Protocol):
     """Where progress goes (rich live table, plain lines, or nowhere)."""
@@ -130,7 +132,7 @@ class StepRun:
     step_name: str
     step_type: str
     arguments: dict[str, Any]
-    raw_step: Any  # definition.StepDef
+    raw_step: Step  # the step as the definition states it
     work_dir: Path
     log_path: Path
     attempt: int

@@ -222,6 +222,7 @@ def _job_processes(home: Path) -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.slow
 def test_sigkill_mid_training_leaves_a_consistent_database_and_retry_completes(home):
     runner = _spawn_runner(home, {"Sleep": "1.0", "Epochs": "3"})
     try:
@@ -290,6 +291,7 @@ def test_two_concurrent_executions_keep_their_artifacts_apart(uris):
     assert versions == {1, 2}
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_execution_and_its_jobs(home):
     runner = _spawn_runner(home, {"Sleep": "1.0", "Epochs": "5"})
     try:
