@@ -76,7 +76,7 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
 def exists(uri: str) -> bool:
     """True when the URI names an object or a non-empty prefix in the store."""
     path = s3_uri_to_path(uri)
-    return path.is_file() or (path.is_dir() and any(path.iterdir()))
+    return path.is_file() or (path.is_dir() and any(not p.name.startswith(".") for p in path.iterdir()))
 
 
 def read_bytes(uri: str) -> bytes:

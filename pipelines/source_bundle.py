@@ -26,6 +26,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # training jobs copy into model.tar.gz's code/ and evaluate.py scores the models through. Host code (the
 # mlops package) never rides along, so editing it cannot change the code URI or any step's cache key.
 PACKAGES = ("training", "inference")
+# The containers install requirements.txt from the root of the code folder; the job's own lives in training/.
+ROOT_FILES = {"training/requirements.txt": "requirements.txt"}
 TARBALL_NAME = "sourcedir.tar.gz"
 SOURCE_FOLDER = "source"
 FIXED_MTIME = 0
@@ -79,7 +81,9 @@ def collect_bundle(project_root: Path = PROJECT_ROOT, packages: tuple[str, ...] 
         found = [path for path in package_dir.rglob("*") if path.is_file() and _bundled(path.relative_to(project_root))]
         if not any(path.suffix == ".py" for path in found):
             raise FileNotFoundError(f"{package_dir}: no .py files to bundle")
-        files.extend((path.relative_to(project_root).as_posix(), path.read_bytes()) for path in found)
+        for path in found:
+            relative = path.relative_to(project_root).as_posix()
+            files.append((ROOT_FILES.get(relative, relative), path.read_bytes()))
     files.sort()
     digest = hashlib.sha256()
     for name, data in files:

@@ -18,7 +18,7 @@ from mlops.local.engine import CACHEABLE, cache_key
 from mlops.local.expressions import Context
 from pipelines.image_classification.pipeline import get_pipeline
 from pipelines.image_classification.session import quiet_sdk
-from pipelines.source_bundle import PACKAGES, collect_bundle
+from pipelines.source_bundle import PACKAGES, ROOT_FILES, collect_bundle
 from tests.helpers import ROOT
 
 HOST_ONLY_IMPORTS = {"click", "rich", "falcon", "gunicorn", "sqlite3", "mlops"}
@@ -40,7 +40,7 @@ def test_the_bundle_is_exactly_the_container_code():
     bundle = collect_bundle()
     names = [name for name, _ in bundle.files]
     assert PACKAGES == ("training", "inference")
-    assert {name.split("/")[0] for name in names} == set(PACKAGES)
+    assert {name.split("/")[0] for name in names} == set(PACKAGES) | set(ROOT_FILES.values())
     expected = sorted(p.relative_to(ROOT).as_posix() for package in PACKAGES for p in (ROOT / package).rglob("*.py")
                       if "__pycache__" not in p.parts)
     assert sorted(n for n in names if n.endswith(".py")) == expected

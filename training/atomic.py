@@ -7,6 +7,7 @@ Files go to a temporary sibling first and are renamed into place only when the w
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -43,24 +44,68 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 @contextlib.contextmanager
 def staged_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; on success move its entries into ``target``.
+    """Yield a temporary folder to write outputs in; on success move its entries into ``target``.
 
-    On any exception the temporary folder is removed and ``target`` is left as it was.
+    On any exception the temporary folder is removed and ``target`` is left as it was. Safe when ``target``, or
+    folders in it, are mount points, as SageMaker mounts /opt/ml/model and every processing output path: the
+    temporary folder is made inside ``target`` (so on its filesystem), folders that already exist are refilled,
+    never removed or renamed, and a move that still crosses filesystems (into a mounted folder) copies to a
+    temporary name on the far side, then renames.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    target.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target))
     try:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     try:
-        target.mkdir(parents=True, exist_ok=True)
         for entry in sorted(staging.iterdir()):
-            destination = target / entry.name
-            if destination.is_dir() and not destination.is_symlink():
-                shutil.rmtree(destination)
-            os.replace(entry, destination)
+            _put(entry, target / entry.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _put(source: Path, destination: Path) -> None:
+    """Move ``source`` to ``destination``, replacing what is there without removing existing folders."""
+    if source.is_dir() and destination.is_dir():
+        wanted = {child.name for child in source.iterdir()}
+        for child in destination.iterdir():
+            if child.name not in wanted and not child.name.startswith(".staging-"):
+                _remove(child)
+        for child in sorted(source.iterdir()):
+            _put(child, destination / child.name)
+        return
+    if destination.is_dir() and not destination.is_symlink():
+        _remove(destination)
+    try:
+        os.replace(source, destination)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        _copy_across(source, destination)
+
+
+def _copy_across(source: Path, destination: Path) -> None:
+    """The same move between filesystems: copy beside the destination, then rename there."""
+    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
+    try:
+        if source.is_dir():
+            shutil.copytree(source, temporary, symlinks=True)
+        else:
+            shutil.copy2(source, temporary)
+        os.replace(temporary, destination)
+    except BaseException:
+        _remove(temporary)
+        raise
+
+
+def _remove(path: Path) -> None:
+    if os.path.ismount(path):  # a mount point cannot be removed (EBUSY): empty it instead
+        for child in path.iterdir():
+            _remove(child)
+    elif path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

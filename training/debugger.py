@@ -1,9 +1,10 @@
 """SageMaker Debugger and framework profiling inside the CNN training job (the seam train_cnn.py calls).
 
-``session_from_env(env)`` returns a :class:`DebugSession` when the job was given a Debugger hook config
-(SageMaker writes ``/opt/ml/input/config/debughookconfig.json`` from the request's DebugHookConfig; smdebug
-finds it there or at ``$SMDEBUG_CONFIG_FILE_PATH``, which the local executor sets) or a profiler config
-(``$MLOPS_PROFILER_CONFIG``: the request's ProfilerConfig, written by the local executor), else None.
+``session_from_env(env)`` returns a :class:`DebugSession` when the job was given a Debugger hook config or a
+profiler config, else None. SageMaker writes both from the request (DebugHookConfig, ProfilerConfig) into the
+input config folder, ``/opt/ml/input/config/{debughookconfig,profilerconfig}.json`` (``$SM_INPUT_CONFIG_DIR``,
+which the training toolkit exports; smdebug's ``$SMDEBUG_CONFIG_FILE_PATH`` overrides the hook's). A hook
+config without smdebug in the image is an error: the rules would evaluate nothing.
 
 The session registers smdebug's PyTorch hook on the model and the loss, so the collections the built-in rules
 read (losses, gradients, weights, biases, ReLU inputs/outputs) are saved where SageMaker expects them (the
@@ -35,8 +36,10 @@ from typing import Any
 LOG = logging.getLogger("train_cnn.debugger")
 
 HOOK_CONFIG_ENV = "SMDEBUG_CONFIG_FILE_PATH"
-DEFAULT_HOOK_CONFIG = "/opt/ml/input/config/debughookconfig.json"
-PROFILER_CONFIG_ENV = "MLOPS_PROFILER_CONFIG"
+CONFIG_DIR_ENV = "SM_INPUT_CONFIG_DIR"
+DEFAULT_CONFIG_DIR = "/opt/ml/input/config"
+HOOK_CONFIG_FILE = "debughookconfig.json"
+PROFILER_CONFIG_FILE = "profilerconfig.json"
 STEP_TIMES_FILE = "step_times.json"
 TRACE_FILE = "torch_trace.json"
 OPS_FILE = "torch_ops.txt"
@@ -138,11 +141,8 @@ class DebugSession:
 
     # --- internals ------------------------------------------------------------------------------------------
     def _create_hook(self, model: Any, loss_fn: Any, relus: list[str]) -> None:
-        try:
-            from smdebug.pytorch import Hook, modes
-        except ImportError as exc:
-            LOG.warning("Debugger hook config given but smdebug is not installed (%s): no tensors saved", exc)
-            return
+        from smdebug.pytorch import Hook, modes  # importable: checked by session_from_env
+
         self.modes = modes
         self.hook = Hook.create_from_json_file(str(self.hook_config))
         names = "|".join(re.escape(name) for name in relus)
@@ -190,18 +190,30 @@ class DebugSession:
         os.replace(tmp, self.profiler_dir / name)
 
 
+def require_smdebug() -> None:
+    """The hook needs smdebug; without it the job must fail, not train with the rules evaluating nothing."""
+    try:
+        import smdebug.pytorch  # noqa: F401
+    except ImportError as exc:
+        raise ValueError(f"the job has a Debugger hook config (DebugHookConfig) but smdebug cannot be imported "
+                         f"({exc}): the image must install it (the bundle's requirements.txt pins it)") from exc
+
+
 def session_from_env(env: Any = None, environ: dict[str, str] | None = None) -> DebugSession | None:
     """The job's DebugSession, or None when neither Debugger nor the profiler was configured."""
     environ = os.environ if environ is None else environ
-    hook_path = Path(environ.get(HOOK_CONFIG_ENV) or DEFAULT_HOOK_CONFIG)
+    config_dir = Path(environ.get(CONFIG_DIR_ENV) or DEFAULT_CONFIG_DIR)
+    hook_path = Path(environ.get(HOOK_CONFIG_ENV) or config_dir / HOOK_CONFIG_FILE)
     hook_config = hook_path if hook_path.is_file() else None
+    if hook_config is not None:
+        require_smdebug()
     profiler_dir, window = None, None
-    profiler_path = environ.get(PROFILER_CONFIG_ENV)
-    if profiler_path:
+    profiler_path = config_dir / PROFILER_CONFIG_FILE
+    if profiler_path.is_file():
         try:
-            config = json.loads(Path(profiler_path).read_text())
+            config = json.loads(profiler_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{PROFILER_CONFIG_ENV}={profiler_path}: cannot read the profiler config: {exc}") from exc
+            raise ValueError(f"{profiler_path}: cannot read the profiler config: {exc}") from exc
         if not config.get("DisableProfiler"):
             local = (config.get("ProfilingParameters") or {}).get("LocalPath")
             output_dir = getattr(env, "output_dir", None) or Path(environ.get("SM_OUTPUT_DIR", "/opt/ml/output"))

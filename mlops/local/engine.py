@@ -5,10 +5,9 @@ ConditionStep chose that branch); independent steps run at the same time in thre
 sharing the CPU budget. A failing step ends the execution as Failed with that step's reason: nothing new
 starts, steps already running finish (so a retry can reuse them), nothing already written is touched.
 
-Caching (CacheConfig): the key is the step's type, name and resolved arguments, with execution variables
-(PipelineExecutionId, ...) left symbolic so per-execution output paths do not defeat it, and with the SDK's
-``sagemaker_job_name`` hyperparameter (a build timestamp, aws/sagemaker-python-sdk #2940) left out. A hit
-reuses the earlier step's properties (and so its outputs), provided those outputs still exist.
+Caching (CacheConfig): the key is the step's type, name and the attributes SageMaker's cache compares for
+that step type (CACHE_KEY_ATTRIBUTES), resolved, with execution variables (PipelineExecutionId, ...) left
+symbolic. A hit reuses the earlier step's properties (and so its outputs), provided those outputs still exist.
 
 Resuming (RetryPipelineExecution): steps that succeeded keep their properties; the others run again in a
 fresh attempt folder with new job names.
@@ -34,7 +33,7 @@ from mlops import store
 from mlops.definition.model import Definition, DefinitionError, Step, parse
 from mlops.local import control, processing, records, training, tuning
 from mlops.local.expressions import Context, ExpressionError, canonical, resolve
-from mlops.local.jobs import RESOURCE_LIMIT, SERVICE_FAULT, STOPPING, THROTTLING, JobFailed, stop_all_jobs
+from mlops.local.jobs import SERVICE_FAULT, STOPPING, THROTTLING, JobFailed, stop_all_jobs
 from mlops.local.runtime import (
     CpuPool,
     NullReporter,
@@ -61,11 +60,26 @@ def load(raw: dict[str, Any]) -> Definition:
     return definition
 
 
+# What SageMaker compares to decide a cache hit ("Default cache key attributes by pipeline step type"); the
+# rest (instance types and counts, output paths, stopping conditions, ProfilerConfig, ...) can change and hit.
+CACHE_KEY_ATTRIBUTES = {
+    "Processing": ("AppSpecification", "Environment", "ProcessingInputs"),
+    "Training": ("AlgorithmSpecification", "CheckpointConfig", "DebugHookConfig", "DebugRuleConfigurations",
+                 "Environment", "HyperParameters", "InputDataConfig"),
+    "Tuning": ("HyperParameterTuningJobConfig", "TrainingJobDefinition", "TrainingJobDefinitions"),
+}
+TUNING_DEFINITION_ATTRIBUTES = ("AlgorithmSpecification", "HyperParameterRanges", "InputDataConfig",
+                                "StaticHyperParameters", "TuningObjective")
+
+
 def cache_key(step: Step, ctx: Context) -> str:
-    """The step's type, name and resolved arguments, hashed; ``ctx`` keeps execution variables symbolic."""
-    symbolic = resolve(step.own_arguments, ctx)
-    payload = {"Type": step.type, "Name": step.name, "Arguments": _strip_job_names(symbolic),
-               "PropertyFiles": step.property_files}
+    """The step's name and type with the attributes SageMaker's cache compares, resolved; ``ctx`` keeps
+    execution variables symbolic, so per-execution output paths do not defeat the cache."""
+    attributes = {key: step.arguments[key] for key in CACHE_KEY_ATTRIBUTES[step.type] if key in step.arguments}
+    if isinstance(attributes.get("TrainingJobDefinition"), dict):
+        attributes["TrainingJobDefinition"] = {key: value for key, value in attributes["TrainingJobDefinition"].items()
+                                               if key in TUNING_DEFINITION_ATTRIBUTES}
+    payload = {"Type": step.type, "Name": step.name, "Arguments": resolve(attributes, ctx)}
     return hashlib.sha256(canonical(payload).encode()).hexdigest()
 
 
@@ -78,14 +92,6 @@ def parse_duration(text: str | None) -> timedelta | None:
         raise ValueError(f"CacheConfig.ExpireAfter {text!r} is not an ISO 8601 duration such as P30D or PT12H")
     weeks, days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
     return timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
-
-
-def _strip_job_names(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _strip_job_names(v) for k, v in value.items() if k != "sagemaker_job_name"}
-    if isinstance(value, list):
-        return [_strip_job_names(v) for v in value]
-    return value
 
 
 def retry_delay(policies: list[dict[str, Any]], exception_type: str | None, retries_done: int,
@@ -114,8 +120,9 @@ def classify(exc: BaseException) -> JobFailed:
     if isinstance(exc, sqlite3.OperationalError):
         return JobFailed(f"the store database is busy: {exc}", THROTTLING)
     if isinstance(exc, OSError):
-        kind = RESOURCE_LIMIT if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EMFILE) else SERVICE_FAULT
-        return JobFailed(f"local store I/O failed: {exc}", kind)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a full volume fails the job on SageMaker too, unretried
+            return JobFailed(f"the disk is full: {exc}", None)
+        return JobFailed(f"local store I/O failed: {exc}", SERVICE_FAULT)
     return JobFailed(f"internal error: {type(exc).__name__}: {exc}", None)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops import store
+from mlops.local import records
 from mlops.local.profiler import SystemSampler, write_report
 from mlops.local.rules import ERROR, RuleRunner
 
@@ -50,7 +51,8 @@ class JobInstruments:
         self._done = threading.Event()
         self._poller: threading.Thread | None = None
         if self.hook_config is not None and self.rule_configs:
-            self.runner = RuleRunner(self.tensors_dir, self.rule_configs, job_name)
+            self.runner = RuleRunner(self.tensors_dir, self.rule_configs, job_name,
+                                     in_progress=records.in_progress_training_jobs)
 
     @classmethod
     def from_request(cls, request: dict[str, Any], job_name: str, work_dir: Path) -> JobInstruments | None:
@@ -71,9 +73,8 @@ class JobInstruments:
         if self.profiler_config is not None:
             config = json.loads(json.dumps(self.profiler_config))
             config.setdefault("ProfilingParameters", {})["LocalPath"] = str(self.profiler_dir)
-            path = self.config_dir / "profilerconfig.json"
-            path.write_text(json.dumps(config, indent=2))
-            env["MLOPS_PROFILER_CONFIG"] = str(path)  # not smdebug's variable: its own profiler stays off
+            # where SageMaker writes it (/opt/ml/input/config); not smdebug's variable, so its own profiler stays off
+            (self.config_dir / "profilerconfig.json").write_text(json.dumps(config, indent=2))
         return env
 
     def started(self, pid: int) -> None:

@@ -3,9 +3,10 @@
 A job is a child process with its output teed line by line into the job's log (and to a callback that
 reads metrics lines as they come). It dies with its runner: the child arms PR_SET_PDEATHSIG before exec,
 so SIGKILLing `mlops run` leaves no orphan training behind to write into folders a retry will reuse.
-The exit decides the retry category, like SageMaker's: a script that exits non-zero is an algorithm error
-(never retried: it would fail again); a process killed by a signal we did not send, or one that could not
-be started, is an internal/capacity error that the step's RetryPolicies may retry.
+The exit decides the retry category, like SageMaker's: a job that exits non-zero is an algorithm error, and
+so is one killed by a signal we did not send (SIGKILL is what the out-of-memory killer sends; SageMaker
+reports such a job as failed with exit code 137 and does not retry it). Only a job that could not be started
+at all is a capacity error that the step's RetryPolicies may retry.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-INTERNAL_ERROR = "SageMaker.JOB_INTERNAL_ERROR"
+# The retry categories a local failure can fall in. SageMaker.JOB_INTERNAL_ERROR (a fault of the service) and
+# SageMaker.RESOURCE_LIMIT (an account quota) have no local cause, so nothing here is classified as either.
 CAPACITY_ERROR = "SageMaker.CAPACITY_ERROR"
-RESOURCE_LIMIT = "SageMaker.RESOURCE_LIMIT"
 SERVICE_FAULT = "Step.SERVICE_FAULT"
 THROTTLING = "Step.THROTTLING"
 
@@ -147,10 +148,10 @@ def run_process(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Pa
     if stop_reason:
         status = "Stopped" if stop_reason[0].startswith("stopped") else "Failed"
         raise JobFailed(stop_reason[0], None, status=status)
-    if code < 0:
-        name = signal.Signals(-code).name
-        raise JobFailed(f"InternalServerError: the {what} process was killed by {name} "
-                        f"(out of memory or killed from outside)", INTERNAL_ERROR)
+    if code < 0 or code == 137:
+        name = signal.Signals(-code).name if code < 0 else "SIGKILL (exit code 137)"
+        raise JobFailed(f"AlgorithmError: the {what} process was killed by {name}: out of memory, or killed from "
+                        "outside; not retried, as SageMaker does not retry it", None)
     reason = ""
     if failure_file and failure_file.is_file():
         reason = failure_file.read_text(errors="replace").strip()

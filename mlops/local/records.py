@@ -411,3 +411,11 @@ def list_jobs(execution_id: str, step_name: str | None = None) -> list[dict[str,
             job[key] = _loads(job[key])
         jobs.append(job)
     return jobs
+
+
+def in_progress_training_jobs() -> list[str]:
+    """Names of the training jobs running now, in every execution (what ListTrainingJobs(InProgress) gives)."""
+    with connection() as conn:
+        rows = conn.execute("SELECT job_name FROM jobs WHERE status = 'InProgress' AND job_type = 'Training'"
+                            " ORDER BY creation_time DESC").fetchall()
+    return [row["job_name"] for row in rows]

@@ -235,12 +235,13 @@ def build_rule_classes() -> dict[str, type]:
 
 
 def _stop_prefix(parameters: dict[str, Any]) -> str | None:
-    """The StopTraining action's job-name prefix, if the rule has that action."""
+    """The StopTraining action's job-name prefix, read the way smdebug reads it: the whole action string is
+    lower-cased first (smdebug.rules.action.Action), so a prefix with capitals can never match."""
     text = parameters.get("action_json")
     if not text:
         return None
     try:
-        actions = json.loads(text.replace('\\"', '"'))
+        actions = json.loads(text.replace('\\"', '"').lower())
     except json.JSONDecodeError:
         return None
     for action in actions if isinstance(actions, list) else []:
@@ -249,12 +250,21 @@ def _stop_prefix(parameters: dict[str, Any]) -> str | None:
     return None
 
 
+def stop_target(prefix: str, in_progress: list[str]) -> str | None:
+    """The job smdebug's StopTrainingAction stops: the InProgress training jobs whose names start with the
+    prefix (case-sensitively), and only when there is exactly one of them."""
+    matches = [name for name in in_progress if name.startswith(prefix)]
+    return matches[0] if len(matches) == 1 else None
+
+
 class RuleRunner:
     """Evaluates a job's DebugRuleConfigurations over its trial as steps appear, and once more at the end."""
 
-    def __init__(self, trial_dir: Path, configurations: list[dict[str, Any]], job_name: str) -> None:
+    def __init__(self, trial_dir: Path, configurations: list[dict[str, Any]], job_name: str,
+                 in_progress: Any = None) -> None:
         self.trial_dir = trial_dir
         self.job_name = job_name
+        self.in_progress = in_progress or (lambda: [job_name])  # the InProgress training jobs smdebug would list
         self.configurations = configurations
         self.trial: Any = None
         self.rules: dict[str, Any] = {}
@@ -326,7 +336,7 @@ class RuleRunner:
                                         f"{finding.detail if finding else ''}")
                 config = next(c for c in self.configurations if c["RuleConfigurationName"] == name)
                 prefix = _stop_prefix(config.get("RuleParameters") or {})
-                if prefix is not None and self.job_name.startswith(prefix):
+                if prefix is not None and stop_target(prefix, self.in_progress()) == self.job_name:
                     stop.append(name)
             except Exception as exc:  # a rule that breaks reports Error, as SageMaker's rule jobs do  # noqa: BLE001
                 self._set(name, ERROR, f"{type(exc).__name__}: {exc}")

@@ -1,32 +1,42 @@
-"""Training jobs (CreateTrainingJob) run as local processes with SageMaker's script-mode contract.
+"""Training jobs (CreateTrainingJob) run as local processes, started the way SageMaker's containers start them.
 
-The source bundle (``sagemaker_submit_directory``) is extracted into ``<job>/code`` and
-``sagemaker_program`` runs there as ``python <program> --key value ...`` with the user hyperparameters
-(JSON-decoded and ordered as the SageMaker training toolkit does), the ``SM_*`` environment, and each
-channel downloaded to ``<job>/input/data/<channel>``. Metrics are read from the log with the job's
+The job folder is the container's /opt/ml (SAGEMAKER_BASE_DIR): ``input/config/{hyperparameters,
+resourceconfig,inputdataconfig}.json`` as SageMaker writes them, each channel downloaded to
+``input/data/<channel>``, ``model/`` and ``output/``. The image's own launcher (:mod:`mlops.local.containers`:
+sagemaker-training for PyTorch/TensorFlow script mode, sagemaker-containers' module rule for XGBoost) then
+downloads the source bundle, computes SM_* and runs ``sagemaker_program``. With InstanceCount > 1 every host
+is its own process with its own folder and resourceconfig.json. Metrics are read from the log with the job's
 MetricDefinitions regexes while it runs (progress, early stopping) and again at the end (FinalMetricDataList).
 The model dir becomes ``{S3OutputPath}/{job}/output/model.tar.gz``, the output data dir ``output.tar.gz``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
+import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from mlops import store
 from mlops.local import records
 from mlops.local.instrument import JobInstruments
-from mlops.local.jobs import STOPPING, JobFailed, extract_tar, pack_dir, run_process
+from mlops.local.jobs import STOPPING, JobFailed, pack_dir, run_process
 from mlops.local.runtime import CpuPool, Reporter, StepResult, StepRun, Ticket, thread_env
+from training.atomic import atomic_write_json
 from training.metrics import parse_metrics
 
 CURRENT_HOST = "algo-1"
+MAX_LOCAL_HOSTS = 8
 
 
 def decode_hyperparameters(hyperparameters: dict[str, Any]) -> dict[str, Any]:
@@ -39,17 +49,6 @@ def decode_hyperparameters(hyperparameters: dict[str, Any]) -> dict[str, Any]:
         except (json.JSONDecodeError, TypeError):
             decoded[key] = text
     return decoded
-
-
-def to_cmd_args(hyperparameters: dict[str, Any]) -> list[str]:
-    """sagemaker_training.mapping.to_cmd_args: sorted keys, ``--key`` (``-k`` for one letter), str values."""
-    args: list[str] = []
-    for key in sorted(hyperparameters):
-        value = hyperparameters[key]
-        if isinstance(value, dict):
-            value = ",".join(f"{k}={v}" for k, v in sorted(value.items()))
-        args += [f"--{key}" if len(key) > 1 else f"-{key}", str(value)]
-    return args
 
 
 def user_hyperparameters(decoded: dict[str, Any]) -> dict[str, Any]:
@@ -114,40 +113,30 @@ def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: st
     instruments = JobInstruments.from_request(request, job_name, work_dir)  # Debugger + Profiler, if configured
     instrumented: dict[str, Any] = {}
     try:
-        program, submit = decoded.get("sagemaker_program"), decoded.get("sagemaker_submit_directory")
-        if not isinstance(program, str) or not isinstance(submit, str):
+        if not isinstance(decoded.get("sagemaker_program"), str) or \
+                not isinstance(decoded.get("sagemaker_submit_directory"), str):
             raise JobFailed("HyperParameters must name sagemaker_program and sagemaker_submit_directory (script "
                             f"mode); got {sorted(decoded)}")
-        code_dir, input_dir = work_dir / "code", work_dir / "input"
-        model_dir, output_dir = work_dir / "model", work_dir / "output"
-        output_data_dir = output_dir / "data"
-        for folder in (code_dir, input_dir / "config", model_dir, output_data_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-        _fetch_code(submit, code_dir, work_dir)
-        if not (code_dir / program).is_file():
-            raise JobFailed(f"sagemaker_program {program!r} is not in the source bundle {submit}")
-        channels = _fetch_channels(request.get("InputDataConfig") or [], input_dir / "data")
-        user = user_hyperparameters(decoded)
         output_path = (request.get("OutputDataConfig") or {}).get("S3OutputPath")
         if not isinstance(output_path, str):
             raise JobFailed(f"OutputDataConfig.S3OutputPath must be an s3:// URI, got {output_path!r}")
+        hosts = host_names(job_name, _instance_count(request))
+        bases = [work_dir] if len(hosts) == 1 else [work_dir / "hosts" / f"algo-{i}" for i in range(1, len(hosts) + 1)]
+        for base in bases:
+            for folder in (base / "input" / "config", base / "model", base / "output" / "data"):
+                folder.mkdir(parents=True, exist_ok=True)
+            _fetch_channels(request.get("InputDataConfig") or [], base / "input" / "data")
+        epochs = user_hyperparameters(decoded).get("epochs")
 
         asked = time.perf_counter()
         cpus = pool.acquire(cap=cpu_cap, ticket=ticket)
         cpu_wait_s = time.perf_counter() - asked
         try:
             started = records.job_running(job_name)
-            env = _environment(job_name, user, channels, cpus, work_dir, submit, program, request)
-            if instruments is not None:
-                env.update(instruments.environment())
-            (input_dir / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters, indent=2))
-            (input_dir / "config" / "resourceconfig.json").write_text(
-                json.dumps({"current_host": CURRENT_HOST, "hosts": [CURRENT_HOST]}))
-            (input_dir / "config" / "inputdataconfig.json").write_text(
-                json.dumps({c["ChannelName"]: {"TrainingInputMode": "File"} for c in
-                            request.get("InputDataConfig") or []}))
-            epochs = user.get("epochs")
-            reporter.step_progress(progress_label, f"{cpus} cpu, starting")
+            for base, host in zip(bases, hosts, strict=True):
+                write_container_config(base / "input" / "config", request, hyperparameters, hosts, host)
+            reporter.step_progress(progress_label, f"{cpus} cpu" + (f", {len(hosts)} hosts" if len(hosts) > 1 else "")
+                                   + ", starting")
 
             def on_line(line: str) -> bool | str:
                 if instruments is not None and instruments.stop_reason:
@@ -159,9 +148,18 @@ def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: st
                 return bool(on_metrics and on_metrics(stream.series))
 
             timeout = (request.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
-            process_s = run_process([sys.executable, program, *to_cmd_args(user)], cwd=code_dir, env=env, log_path=log_path,
-                        on_line=on_line, timeout_s=timeout, failure_file=output_dir / "failure", what="training job",
-                        on_start=instruments.started if instruments is not None else None)
+            launcher = container_launcher(request)
+            per_host = max(1, cpus // len(hosts))
+            envs = []
+            for base, host in zip(bases, hosts, strict=True):
+                env = _environment(job_name, base, per_host, request, host, hosts)
+                if instruments is not None and base == bases[0]:
+                    env.update(instruments.environment())
+                envs.append(env)
+            process_s = _run_hosts(launcher, bases, envs, log_path, on_line, timeout,
+                                   instruments.started if instruments is not None else None)
+            if len(bases) > 1:
+                _merge_host_models(bases, work_dir)
         finally:
             try:
                 if instruments is not None:
@@ -245,22 +243,6 @@ def _package(request: dict[str, Any], job_name: str, work_dir: Path, created: fl
     }
 
 
-def _fetch_code(submit: str, code_dir: Path, work_dir: Path) -> None:
-    if not submit.startswith("s3://"):
-        raise JobFailed(f"sagemaker_submit_directory must be an s3:// URI in the local store, got {submit!r}")
-    try:
-        files = store.download(submit, work_dir / "bundle")
-    except (FileNotFoundError, ValueError) as exc:
-        raise JobFailed(f"source bundle: {exc}") from exc
-    for path in files:
-        if path.name.endswith((".tar.gz", ".tgz")):
-            extract_tar(path, code_dir)
-        else:
-            target = code_dir / path.relative_to(work_dir / "bundle")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
-
-
 def _fetch_channels(channels: list[dict[str, Any]], data_dir: Path) -> dict[str, Path]:
     found = {}
     for channel in channels:
@@ -280,55 +262,137 @@ def _fetch_channels(channels: list[dict[str, Any]], data_dir: Path) -> dict[str,
     return found
 
 
-def _environment(job_name: str, user: dict[str, Any], channels: dict[str, Path], cpus: int, work_dir: Path,
-                 submit: str, program: str, request: dict[str, Any]) -> dict[str, str]:
+def container_launcher(request: dict[str, Any]) -> str:
+    """Which container launcher the job's image would run (see :mod:`mlops.local.containers`)."""
+    image = str((request.get("AlgorithmSpecification") or {}).get("TrainingImage") or "")
+    for marker, launcher in (("xgboost", "xgboost"), ("pytorch-training", "pytorch"),
+                             ("tensorflow-training", "tensorflow")):
+        if marker in image:
+            return launcher
+    return "generic"
+
+
+def _instance_count(request: dict[str, Any]) -> int:
+    value = (request.get("ResourceConfig") or {}).get("InstanceCount", 1)
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        raise JobFailed(f"ResourceConfig.InstanceCount must be a whole number, got {value!r}") from None
+    if not 1 <= count <= MAX_LOCAL_HOSTS:
+        raise JobFailed(f"ResourceConfig.InstanceCount={count}: a local job runs 1 to {MAX_LOCAL_HOSTS} hosts")
+    return count
+
+
+def host_names(job_name: str, count: int) -> list[str]:
+    """SageMaker's names (algo-1) for one host. Several hosts must reach each other by name, and nothing
+    resolves algo-N here, so each gets a loopback address of its own (127.a.b.N, a and b from the job name)."""
+    if count == 1:
+        return [CURRENT_HOST]
+    digest = hashlib.sha1(job_name.encode()).digest()
+    return [f"127.{digest[0]}.{digest[1]}.{index}" for index in range(1, count + 1)]
+
+
+def write_container_config(config_dir: Path, request: dict[str, Any], hyperparameters: dict[str, str],
+                           hosts: list[str], current_host: str) -> None:
+    """The files SageMaker writes under /opt/ml/input/config for every host of a training job."""
+    instance_type = (request.get("ResourceConfig") or {}).get("InstanceType") or "ml.m5.xlarge"
+    group = "homogeneousCluster"
+    resource = {"current_host": current_host, "current_instance_type": instance_type,
+                "current_group_name": group, "hosts": hosts,
+                "instance_groups": [{"instance_group_name": group, "instance_type": instance_type, "hosts": hosts}],
+                "network_interface_name": "lo" if len(hosts) > 1 else "eth0"}
+    channels = {c["ChannelName"]: {"TrainingInputMode": "File", "S3DistributionType": (
+        ((c.get("DataSource") or {}).get("S3DataSource") or {}).get("S3DataDistributionType") or "FullyReplicated"),
+        "RecordWrapperType": "None"} for c in request.get("InputDataConfig") or []}
+    atomic_write_json(config_dir / "hyperparameters.json", hyperparameters)
+    atomic_write_json(config_dir / "resourceconfig.json", resource)
+    atomic_write_json(config_dir / "inputdataconfig.json", channels)
+
+
+def _environment(job_name: str, base: Path, cpus: int, request: dict[str, Any], host: str,
+                 hosts: list[str]) -> dict[str, str]:
+    """The process environment of one host: the image's, pointed at the job's folder instead of /opt/ml."""
     env = dict(os.environ)
     env.update({k: str(v) for k, v in (request.get("Environment") or {}).items()})
     env.update(thread_env(cpus))
-    model_dir, output_dir = work_dir / "model", work_dir / "output"
-    training_env = {
-        "job_name": job_name,
-        "hyperparameters": user,
-        "channel_input_dirs": {name: str(path) for name, path in channels.items()},
-        "model_dir": str(model_dir),
-        "output_dir": str(output_dir),
-        "output_data_dir": str(output_dir / "data"),
-        "input_dir": str(work_dir / "input"),
-        "input_data_config": {name: {"TrainingInputMode": "File"} for name in channels},
-        "num_cpus": cpus,
-        "num_gpus": 0,
-        "hosts": [CURRENT_HOST],
-        "current_host": CURRENT_HOST,
-        "module_dir": submit,
-        "user_entry_point": program,
-        "log_level": 20,
-    }
     env.update({
-        "SM_MODEL_DIR": str(model_dir),
-        "SM_OUTPUT_DIR": str(output_dir),
-        "SM_OUTPUT_DATA_DIR": str(output_dir / "data"),
-        "SM_INPUT_DIR": str(work_dir / "input"),
-        "SM_INPUT_CONFIG_DIR": str(work_dir / "input" / "config"),
-        "SM_CHANNELS": json.dumps(sorted(channels)),
-        "SM_NUM_CPUS": str(cpus),
-        "SM_NUM_GPUS": "0",
-        "SM_HOSTS": json.dumps([CURRENT_HOST]),
-        "SM_CURRENT_HOST": CURRENT_HOST,
-        "SM_HPS": json.dumps(user),
-        "SM_USER_ARGS": json.dumps(to_cmd_args(user)),
-        "SM_TRAINING_ENV": json.dumps(training_env),
-        "SM_MODULE_DIR": submit,
-        "SM_USER_ENTRY_POINT": program,
-        "SM_LOG_LEVEL": "20",
+        "SAGEMAKER_BASE_DIR": str(base),
+        "MLOPS_GRANTED_CPUS": str(cpus),
+        "SM_STUDIO_LOCAL_MODE": "True",  # the toolkit's own switch: no DNS wait for host names
         "TRAINING_JOB_NAME": job_name,
         "PYTHONUNBUFFERED": "1",
         "CUDA_VISIBLE_DEVICES": "",
     })
-    for name, path in channels.items():
-        env[f"SM_CHANNEL_{name.upper()}"] = str(path)
-    for key, value in user.items():
-        env[f"SM_HP_{re.sub(r'[^A-Za-z0-9]', '_', key).upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    if len(hosts) > 1:
+        env["GLOO_SOCKET_IFNAME"] = "lo"
     return env
+
+
+def _run_hosts(launcher: str, bases: list[Path], envs: list[dict[str, str]], log_path: Path,
+               on_line: Callable[[str], bool | str], timeout: Any, on_start: Callable[[int], None] | None) -> float:
+    """Every host's container process at once; the first that fails stops the others (their collectives would
+    wait forever). The leader's output is the job log and feeds the metrics; the others log beside it."""
+    command = [sys.executable, "-m", "mlops.local.containers", launcher]
+    if len(bases) == 1:
+        return run_process(command, cwd=bases[0], env=envs[0], log_path=log_path, on_line=on_line,
+                           timeout_s=timeout, failure_file=bases[0] / "output" / "failure", what="training job",
+                           on_start=on_start)
+    pids: list[int] = []
+    failed = threading.Event()
+
+    def started(pid: int, leader: bool) -> None:
+        pids.append(pid)
+        if leader and on_start is not None:
+            on_start(pid)
+
+    def host(index: int) -> float:
+        try:
+            return run_process(command, cwd=bases[index], env=envs[index],
+                               log_path=log_path if index == 0 else log_path.with_name(f"job-algo-{index + 1}.log"),
+                               on_line=(on_line if index == 0 else None), timeout_s=timeout,
+                               failure_file=bases[index] / "output" / "failure",
+                               what=f"training job (host algo-{index + 1})",
+                               on_start=lambda pid: started(pid, index == 0))
+        except JobFailed:
+            if not failed.is_set():
+                failed.set()
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(pid, signal.SIGTERM)
+            raise
+
+    with ThreadPoolExecutor(max_workers=len(bases), thread_name_prefix="host") as pool:
+        futures = [pool.submit(host, index) for index in range(len(bases))]
+        wait(futures)
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        first = next((e for e in errors if isinstance(e, JobFailed) and "SIGTERM" not in e.reason), errors[0])
+        raise first
+    return max(f.result() for f in futures)
+
+
+def _merge_host_models(bases: list[Path], work_dir: Path) -> None:
+    """SageMaker uploads /opt/ml/model of every host into one model.tar.gz: merge them, refusing a clash."""
+    target = work_dir / "model"
+    target.mkdir(parents=True, exist_ok=True)
+    owners: dict[str, str] = {}
+    for index, base in enumerate(bases, start=1):
+        for path in sorted((base / "model").rglob("*")):
+            if not path.is_file():
+                continue
+            relative = path.relative_to(base / "model").as_posix()
+            if relative in owners:
+                raise JobFailed(f"hosts {owners[relative]} and algo-{index} both wrote model/{relative}: only one "
+                                "host (the leader) should save the model")
+            owners[relative] = f"algo-{index}"
+            destination = target / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, destination)
+    for name in ("data",):
+        (work_dir / "output" / name).mkdir(parents=True, exist_ok=True)
+        leader_output = bases[0] / "output" / name
+        if leader_output.is_dir():
+            shutil.copytree(leader_output, work_dir / "output" / name, dirs_exist_ok=True)
 
 
 def run(step: StepRun) -> StepResult:

@@ -17,12 +17,11 @@ from sagemaker.debugger import (
     rule_configs,
 )
 from sagemaker.pytorch import PyTorch
-from sagemaker.workflow.execution_variables import ExecutionVariables
-from sagemaker.workflow.functions import Join
 
 DEBUG_SAVE_INTERVAL = 50
 LOSS_SAVE_INTERVAL = 10
 STOPPING_RULES = ("VanishingGradient",)
+STOP_TRAINING_PREFIX = "pipelines-"
 POOR_INIT_STEPS = 10  # PoorWeightInitialization's documented `steps`
 PROFILER_INTERVAL_MS = 500
 PROFILE_START_STEP = 5
@@ -33,26 +32,24 @@ class DebuggedPyTorch(PyTorch):
     """A PyTorch estimator whose Debugger settings give the same definition on every build, and whose
     StopTraining actions name the jobs a pipeline really starts."""
 
-    stop_step_name = "TrainCNN"
-
     def _prepare_collection_configs(self) -> None:
         """The SDK gathers the collections in a set, whose order changes with PYTHONHASHSEED."""
         super()._prepare_collection_configs()
         self.collection_configs = sorted(self.collection_configs, key=lambda c: c.name)
 
     def _prepare_debugger_rules(self) -> list:
-        """StopTraining stops jobs whose names start with a prefix; the SDK uses the estimator's timestamped job
-        name, which a pipeline never uses. Pipelines name the job ``pipelines-<execution id>-<step>-...``, so the
-        prefix is built from the execution id at run time."""
+        """StopTraining stops the job whose name starts with a prefix. The SDK uses the estimator's timestamped
+        job name, which a pipeline never uses: pipeline jobs are named ``pipelines-<execution id>-<Step>-...``.
+        smdebug lower-cases the whole action before matching names case-sensitively, so the prefix must be
+        lower-case, and it must be static, or every execution's rule configuration (part of SageMaker's cache
+        key) would differ. ``pipelines-`` is both; smdebug stops the match only when it is the one InProgress
+        training job with that prefix (docs/decisions.md)."""
         configs = super()._prepare_debugger_rules()
         for config in configs:
             parameters = config.get("RuleParameters") or {}
             if "action_json" in parameters:
-                marker = "PREFIXMARKER"
-                actions = rule_configs.ActionList(rule_configs.StopTraining(marker)).serialize()
-                before, after = actions.split(marker)
-                parameters["action_json"] = Join(on="", values=[
-                    before + "pipelines-", ExecutionVariables.PIPELINE_EXECUTION_ID, f"-{self.stop_step_name}" + after])
+                parameters["action_json"] = rule_configs.ActionList(
+                    rule_configs.StopTraining(STOP_TRAINING_PREFIX)).serialize()
         return configs
 
 

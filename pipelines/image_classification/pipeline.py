@@ -63,7 +63,8 @@ CONTENT_TYPES = ["application/json", "application/x-npy", "image/png", "image/jp
 RESPONSE_TYPES = ["application/json"]
 INFERENCE_INSTANCE_TYPES = ["ml.m5.large", "ml.m5.xlarge", "ml.c5.xlarge"]
 TRANSFORM_INSTANCE_TYPES = ["ml.m5.large", "ml.m5.xlarge"]
-MODEL_SOURCES = ("TrainCNN", "TuneCNN")  # which CNN Evaluate scores and Register registers
+MODEL_SOURCES = ("TrainCNN", "TuneCNN")
+XGBOOST_PROGRAM = "training.train_xgboost"  # which CNN Evaluate scores and Register registers
 
 
 @dataclass(frozen=True)
@@ -312,7 +313,9 @@ def _code_input(code: StagedCode) -> ProcessingInput:
 
 def _xgboost_estimator(build: _Build) -> EstimatorBase:
     return XGBoost(
-        entry_point="training/train_xgboost.py",
+        # The XGBoost container runs the program as a module (python -m <program minus .py>), after pip-installing
+        # the bundle: a module name, not a path (training/train_xgboost.py fails with "No module named ...").
+        entry_point=XGBOOST_PROGRAM,
         source_dir=build.code.tarball_uri,
         framework_version=XGBOOST_VERSION,
         image_uri=xgboost_image(build.region),

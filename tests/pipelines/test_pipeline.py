@@ -107,11 +107,11 @@ def test_processing_steps_run_job_scripts_from_the_bundle(definition):
 def test_training_steps_use_script_mode_from_the_tarball(definition):
     steps = steps_by_name(definition)
     tarball = code_location(LOCAL_BUCKET, "image-classification", collect_bundle()).tarball_uri
-    for name, script, metrics in (("TrainCNN", "train_cnn.py", CNN_METRIC_DEFINITIONS),
-                                  ("TrainXGBoost", "train_xgboost.py", XGBOOST_METRIC_DEFINITIONS)):
+    for name, program, metrics in (("TrainCNN", "training/train_cnn.py", CNN_METRIC_DEFINITIONS),
+                                   ("TrainXGBoost", "training.train_xgboost", XGBOOST_METRIC_DEFINITIONS)):
         arguments = steps[name]["Arguments"]
         hyperparameters = arguments["HyperParameters"]
-        assert json.loads(hyperparameters["sagemaker_program"]) == f"training/{script}"
+        assert json.loads(hyperparameters["sagemaker_program"]) == program  # XGBoost: a module (python -m)
         assert json.loads(hyperparameters["sagemaker_submit_directory"]) == tarball
         assert arguments["AlgorithmSpecification"]["MetricDefinitions"] == metrics
         assert [c["ChannelName"] for c in arguments["InputDataConfig"]] == ["train", "validation"]
@@ -239,7 +239,8 @@ def test_every_script_the_definition_runs_is_in_the_bundle(definition):
         for holder in (arguments.get("HyperParameters"), arguments.get("TrainingJobDefinition", {}).get(
                 "StaticHyperParameters")):
             if holder and "sagemaker_program" in holder:
-                scripts.add(json.loads(holder["sagemaker_program"]))
+                program = json.loads(holder["sagemaker_program"])
+                scripts.add(program if program.endswith(".py") else program.replace(".", "/") + ".py")
     assert scripts == {"training/preprocess.py", "training/train_cnn.py", "training/train_xgboost.py",
                        "training/evaluate.py"}
     assert scripts <= names, f"scripts missing from the bundle: {scripts - names}"

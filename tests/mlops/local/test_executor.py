@@ -165,23 +165,41 @@ def test_bad_parameters_are_refused_before_anything_runs(uris, params, message):
     assert not store.executions_root().exists() or not any(store.executions_root().iterdir())
 
 
-def test_retry_policy_retries_a_killed_job(uris, tmp_path):
-    policies = [{"ExceptionType": ["SageMaker.JOB_INTERNAL_ERROR"], "IntervalSeconds": 0.1, "BackoffRate": 1.0,
+def test_a_store_fault_is_retried_per_the_retry_policy(uris, monkeypatch):
+    """Step.SERVICE_FAULT: the store failed while staging a job's inputs (the job never ran), once."""
+    from mlops.local import training
+
+    calls = []
+    real = training.store.download
+
+    def flaky(uri, destination):
+        calls.append(uri)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error", str(destination))
+        return real(uri, destination)
+
+    monkeypatch.setattr(training.store, "download", flaky)
+    policies = [{"ExceptionType": ["Step.SERVICE_FAULT"], "IntervalSeconds": 0.1, "BackoffRate": 1.0,
                  "MaxAttempts": 2}]
-    marker = tmp_path / "crashed-once"
-    execution_id, _ = _run(sample.definition(uris, retry_policies=policies, cache=False), {"CrashOnce": str(marker)})
-    assert marker.exists()
+    execution_id, _ = _run(sample.definition(uris, retry_policies=policies, cache=False))
     steps = _steps(execution_id)
-    assert steps["TrainA"].status == "Succeeded" and steps["TrainA"].attempt_count == 2
-    first_attempt_log = Path(steps["TrainA"].work_dir).parent / "attempt-1" / "job.log"
-    assert "retrying in" in first_attempt_log.read_text()
+    assert commands.describe_execution(execution_id)["PipelineExecutionStatus"] == "Succeeded"
+    retried = [s for s in steps.values() if s.attempt_count == 2]
+    assert len(retried) == 1, {n: s.attempt_count for n, s in steps.items()}
+    first_attempt_log = Path(retried[0].work_dir).parent / "attempt-1" / "job.log"
+    assert "(Step.SERVICE_FAULT)" in first_attempt_log.read_text() and "retrying in" in first_attempt_log.read_text()
 
 
-def test_without_retry_policy_a_killed_job_fails(uris, tmp_path):
-    execution_id, _ = _run(sample.definition(uris, cache=False), {"CrashOnce": str(tmp_path / "m")})
+def test_an_out_of_memory_kill_is_not_retried(uris, tmp_path):
+    """SageMaker fails a job killed by the OOM killer (exit 137) and does not retry it, whatever the policy."""
+    policies = [{"ExceptionType": ["SageMaker.JOB_INTERNAL_ERROR", "SageMaker.CAPACITY_ERROR",
+                                   "SageMaker.RESOURCE_LIMIT"], "IntervalSeconds": 0.1, "MaxAttempts": 3}]
+    execution_id, _ = _run(sample.definition(uris, retry_policies=policies, cache=False),
+                           {"CrashOnce": str(tmp_path / "m")})
     described = commands.describe_execution(execution_id)
     assert described["PipelineExecutionStatus"] == "Failed"
-    assert "killed by SIGKILL" in described["FailureReason"]
+    assert _steps(execution_id)["TrainA"].attempt_count == 1
+    assert "ExecuteUserScriptError" in described["FailureReason"] and "ExitCode -9" in described["FailureReason"]
 
 
 def test_algorithm_errors_are_not_retried(uris):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import random
+import subprocess
 import sys
 import tarfile
 import threading
@@ -14,11 +17,11 @@ import pytest
 from mlops.definition.model import DefinitionError
 from mlops.local import expressions as ex
 from mlops.local.engine import load, parse_duration, retry_delay
-from mlops.local.jobs import INTERNAL_ERROR, JobFailed, extract_tar, run_process
+from mlops.local.jobs import CAPACITY_ERROR, JobFailed, extract_tar, run_process
 from mlops.local.processing import PathMap
 from mlops.local.runtime import CpuPool, job_name
 from mlops.local.search import BayesianSearch, GridSearch, MedianStopping, RandomSearch, Range, parse_ranges
-from mlops.local.training import MetricStream, decode_hyperparameters, to_cmd_args, user_hyperparameters
+from mlops.local.training import MetricStream, host_names, write_container_config
 
 PROCESSING = {"ProcessingOutputConfig": {"Outputs": [
     {"OutputName": "train", "S3Output": {"S3Uri": "s3://b/train", "LocalPath": "/opt/ml/processing/train"}},
@@ -97,14 +100,32 @@ def test_only_step_types_the_executor_runs_are_loaded():
                         {"Name": "B", "Type": "Fail", "Arguments": {}, "DependsOn": ["A"]}]})
 
 
-def test_hyperparameters_follow_the_training_toolkit():
-    decoded = decode_hyperparameters({"lr": "0.01", "epochs": "3", "arch": '"compact"', "flag": "true",
-                                      "raw": "not json", "sagemaker_program": '"training/train.py"', "k": "5"})
-    assert decoded["lr"] == 0.01 and decoded["arch"] == "compact" and decoded["raw"] == "not json"
-    user = user_hyperparameters(decoded)
-    assert "sagemaker_program" not in user
-    assert to_cmd_args(user) == ["--arch", "compact", "--epochs", "3", "--flag", "True", "-k", "5", "--lr", "0.01",
-                                 "--raw", "not json"]
+def test_container_config_is_what_the_training_toolkit_reads(tmp_path):
+    """The real sagemaker-training Environment over the files the executor writes (a subprocess: the toolkit
+    reads SAGEMAKER_BASE_DIR at import)."""
+    request = {"ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
+               "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {"S3Uri": "s3://b/t"}}}]}
+    hyperparameters = {"lr": "0.01", "epochs": "3", "arch": '"compact"', "flag": "true", "k": "5",
+                       "sagemaker_program": '"training/train.py"', "sagemaker_submit_directory": '"s3://b/c.tar.gz"'}
+    write_container_config(tmp_path / "input" / "config", request, hyperparameters, ["algo-1"], "algo-1")
+    (tmp_path / "input" / "data" / "train").mkdir(parents=True)
+    code = ("import json; from sagemaker_training import environment; e = environment.Environment(); "
+            "print(json.dumps({'args': e.to_cmd_args(), 'channels': e.channel_input_dirs, 'hosts': e.hosts, "
+            "'program': e.user_entry_point, 'module_dir': e.module_dir, 'type': e.current_instance_type}))")
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    seen = json.loads(out.strip().splitlines()[-1])
+    assert seen["args"] == ["--arch", "compact", "--epochs", "3", "--flag", "True", "-k", "5", "--lr", "0.01"]
+    assert seen["channels"] == {"train": str(tmp_path / "input" / "data" / "train")}
+    assert seen["hosts"] == ["algo-1"] and seen["type"] == "ml.m5.large"
+    assert seen["program"] == "training/train.py" and seen["module_dir"] == "s3://b/c.tar.gz"
+
+
+def test_several_hosts_get_addresses_they_can_reach():
+    assert host_names("job", 1) == ["algo-1"]
+    hosts = host_names("job", 3)
+    assert len(set(hosts)) == 3 and all(h.startswith("127.") and h.endswith(f".{i}") for i, h in enumerate(hosts, 1))
+    assert host_names("other-job", 2) != hosts[:2]
 
 
 def test_metric_stream_reads_each_line_with_the_regexes():
@@ -132,16 +153,16 @@ def test_durations_and_retry_delays():
     assert parse_duration(None) is None
     with pytest.raises(ValueError, match="ISO 8601"):
         parse_duration("30 days")
-    policies = [{"ExceptionType": [INTERNAL_ERROR], "IntervalSeconds": 2, "BackoffRate": 3.0, "MaxAttempts": 2}]
+    policies = [{"ExceptionType": [CAPACITY_ERROR], "IntervalSeconds": 2, "BackoffRate": 3.0, "MaxAttempts": 2}]
     now = time.time()
-    assert retry_delay(policies, INTERNAL_ERROR, 0, now) == 2
-    assert retry_delay(policies, INTERNAL_ERROR, 1, now) == 6
-    assert retry_delay(policies, INTERNAL_ERROR, 2, now) is None
+    assert retry_delay(policies, CAPACITY_ERROR, 0, now) == 2
+    assert retry_delay(policies, CAPACITY_ERROR, 1, now) == 6
+    assert retry_delay(policies, CAPACITY_ERROR, 2, now) is None
     assert retry_delay(policies, "Step.THROTTLING", 0, now) is None
     assert retry_delay(policies, None, 0, now) is None
-    expiring = [{"ExceptionType": [INTERNAL_ERROR], "IntervalSeconds": 1, "ExpireAfterMin": 1}]
-    assert retry_delay(expiring, INTERNAL_ERROR, 5, now) == 32
-    assert retry_delay(expiring, INTERNAL_ERROR, 0, now - 120) is None
+    expiring = [{"ExceptionType": [CAPACITY_ERROR], "IntervalSeconds": 1, "ExpireAfterMin": 1}]
+    assert retry_delay(expiring, CAPACITY_ERROR, 5, now) == 32
+    assert retry_delay(expiring, CAPACITY_ERROR, 0, now - 120) is None
 
 
 def test_job_names_are_valid_and_distinct():
@@ -189,7 +210,10 @@ def test_process_exit_classification(tmp_path):
     with pytest.raises(JobFailed) as killed:
         run_process([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"], cwd=tmp_path, env={},
                     log_path=log)
-    assert killed.value.exception_type == INTERNAL_ERROR
+    assert killed.value.exception_type is None and "killed by SIGKILL" in killed.value.reason  # OOM: not retried
+    with pytest.raises(JobFailed) as oom:
+        run_process([sys.executable, "-c", "import sys; sys.exit(137)"], cwd=tmp_path, env={}, log_path=log)
+    assert oom.value.exception_type is None and "exit code 137" in oom.value.reason
     with pytest.raises(JobFailed, match="MaxRuntimeExceeded"):
         run_process([sys.executable, "-c", "import time; time.sleep(30)"], cwd=tmp_path, env={}, log_path=log,
                     timeout_s=0.5)
