@@ -39,11 +39,6 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-try:  # inside SageMaker's container only code/ is on the path: models.py is a copy of training/models.py
-    from models import build_model
-except ImportError:  # pragma: no cover - exercised when running from the source tree
-    from training.models import build_model
-
 try:  # lets SageMaker's inference toolkit answer with our status code instead of 500
     from sagemaker_inference.errors import GenericInferenceToolkitError as _ErrorBase
 except ImportError:
@@ -206,6 +201,11 @@ def model_fn(model_dir: str) -> LoadedModel:
         booster.set_param({"nthread": 1})
         return LoadedModel(config, booster, "xgboost")
     import torch
+
+    try:  # inside SageMaker's container only code/ is on the path: models.py is a copy of training/models.py
+        from models import build_model
+    except ImportError:  # the source tree; imported here because it needs torch, which XGBoost's image lacks
+        from training.models import build_model
 
     shape = config.get("image_shape", [28, 28])
     net = build_model(config.get("architecture", "compact"), int(config["num_classes"]),

@@ -1,17 +1,18 @@
-"""Processing job: score the CNN and the XGBoost baseline on the test split.
+"""Processing job: score a model on the test split, beside its baseline's figures.
 
-Models are loaded and run through the same handlers the endpoint serves (inference/inference.py),
-so the figures in the Model Registry are the figures of the code that will answer requests.
-Writes ``evaluation.json`` in SageMaker's model quality format (``multiclass_classification_metrics``)
-with the baseline's figures under ``baseline``, and ``confusion_matrix.png``.
+The model is loaded and run through the same handlers the endpoint serves (inference/inference.py), so the
+figures in the Model Registry are the figures of the code that will answer requests. Writes
+``evaluation.json`` in SageMaker's model quality format (``multiclass_classification_metrics``) and
+``confusion_matrix.png``. With ``--baseline-dir`` (another evaluation's output: the XGBoost baseline scored in
+its own image, which has xgboost where the PyTorch image does not) its figures go under ``baseline``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import json
 import logging
-import subprocess
+import shutil
 import sys
 import tarfile
 import tempfile
@@ -30,14 +31,17 @@ from training.datasets import DatasetError, load_manifest, load_split
 LOG = logging.getLogger("evaluate")
 MODEL_ARCHIVE = "model.tar.gz"
 BOOTSTRAP_ROUNDS = 100
-# SageMaker's PyTorch processing image has no xgboost; the baseline needs it (models from the 1.7 container load in 3.x).
-XGBOOST_REQUIREMENT = "xgboost>=1.7,<4"
+REPORT = "evaluation.json"
+MODEL_NAMES = {"pytorch": "cnn", "xgboost": "xgboost"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cnn-model-dir", default="/opt/ml/processing/model/cnn")
-    parser.add_argument("--xgboost-model-dir", default="/opt/ml/processing/model/xgboost")
+    parser.add_argument("--model-dir", "--cnn-model-dir", dest="model_dir", default="/opt/ml/processing/model",
+                        help="the model to score (model.tar.gz or its contents)")
+    parser.add_argument("--baseline-dir", default=None, help="the baseline's evaluation output (evaluation.json)")
+    parser.add_argument("--xgboost-model-dir", default=None,
+                        help="score the baseline model in this job too (needs xgboost in the image)")
     parser.add_argument("--test-dir", default="/opt/ml/processing/test")
     parser.add_argument("--output-dir", default="/opt/ml/processing/evaluation")
     parser.add_argument("--bootstrap-rounds", type=int, default=BOOTSTRAP_ROUNDS)
@@ -113,55 +117,82 @@ def plot_confusion(matrix_json: dict, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def ensure_xgboost() -> None:
-    """Install xgboost into the job's container when its image lacks it, as FrameworkProcessor does with requirements."""
-    if importlib.util.find_spec("xgboost") is not None:
-        return
-    LOG.info("xgboost is not in this image: installing %s", XGBOOST_REQUIREMENT)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", XGBOOST_REQUIREMENT], check=True)
+def score(folder: Path, workdir: Path, pixels: np.ndarray, labels: np.ndarray, class_names: list[str],
+          args: argparse.Namespace) -> tuple[str, dict]:
+    """(model name, quality metrics) of the model in ``folder`` on the test pixels."""
+    from inference.inference import model_fn
+
+    model_dir = unpack_model(folder, workdir, folder.name or "model")
+    try:
+        model = model_fn(str(model_dir))
+    except ImportError as exc:
+        raise DatasetError(f"{folder}: this image cannot load the model ({exc}); score it in an image that "
+                           "has its framework (the pipeline's EvaluateBaseline step runs in the XGBoost image)") from exc
+    except (OSError, ValueError, TypeError) as exc:
+        raise DatasetError(f"{folder}: cannot load the model ({exc})") from exc
+    name = MODEL_NAMES.get(model.framework, model.framework)
+    if model.num_classes != len(class_names):
+        raise DatasetError(f"{folder}: the {name} model has {model.num_classes} classes, the test set "
+                           f"{len(class_names)}")
+    predicted = np.concatenate([model.predict_proba(pixels[i:i + 2000]).argmax(1)
+                                for i in range(0, len(pixels), 2000)])
+    metrics = quality_metrics(labels, predicted, class_names, args.bootstrap_rounds, args.seed)
+    LOG.info("%s test accuracy %.4f", name, metrics["accuracy"]["value"])
+    return name, metrics
+
+
+def read_baseline(folder: Path, test_samples: int) -> dict:
+    """The baseline's own evaluation.json, checked to be on the same test split."""
+    path = folder / REPORT
+    try:
+        report = json.loads(path.read_text())
+        metrics = report["multiclass_classification_metrics"]
+        float(metrics["accuracy"]["value"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: not a baseline evaluation ({exc})") from exc
+    if report.get("test_samples") != test_samples:
+        raise DatasetError(f"{path}: the baseline was scored on {report.get('test_samples')} test images, "
+                           f"this model on {test_samples}")
+    return report
 
 
 def run(args: argparse.Namespace) -> dict:
-    from inference.inference import model_fn
-
-    ensure_xgboost()
-
     started = time.perf_counter()
     test_dir = Path(args.test_dir)
     manifest = load_manifest(test_dir)
     test = load_split(test_dir, "test")
     class_names = [str(n) for n in manifest["class_names"]]
     pixels = raw_pixels(test.images, manifest["normalization"]).astype(np.float32)
-    report: dict = {}
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
-        for key, folder in (("cnn", args.cnn_model_dir), ("xgboost", args.xgboost_model_dir)):
-            model_dir = unpack_model(Path(folder), Path(tmp), key)
-            try:
-                model = model_fn(str(model_dir))
-            except (OSError, ValueError, TypeError) as exc:
-                raise DatasetError(f"{folder}: cannot load the {key} model ({exc})") from exc
-            if model.num_classes != len(class_names):
-                raise DatasetError(f"{folder}: the {key} model has {model.num_classes} classes, "
-                                   f"the test set {len(class_names)}")
-            predicted = np.concatenate([model.predict_proba(pixels[i:i + 2000]).argmax(1)
-                                        for i in range(0, len(pixels), 2000)])
-            report[key] = quality_metrics(test.labels, predicted, class_names, args.bootstrap_rounds, args.seed)
-            LOG.info("%s test accuracy %.4f", key, report[key]["accuracy"]["value"])
-    cnn, baseline = report["cnn"], report["xgboost"]
-    evaluation = {
-        "multiclass_classification_metrics": cnn,
-        "baseline": {"model": "xgboost", "multiclass_classification_metrics": baseline},
-        "model": "cnn",
-        "test_samples": len(test),
-        "accuracy_gain_over_baseline": cnn["accuracy"]["value"] - baseline["accuracy"]["value"],
-    }
+        name, metrics = score(Path(args.model_dir), Path(tmp), pixels, test.labels, class_names, args)
+        baseline = None
+        if args.xgboost_model_dir:
+            baseline_name, baseline_metrics = score(Path(args.xgboost_model_dir), Path(tmp) / "baseline", pixels,
+                                                    test.labels, class_names, args)
+            baseline = {"model": baseline_name, "multiclass_classification_metrics": baseline_metrics}
+    baseline_dir = Path(args.baseline_dir) if args.baseline_dir else None
+    if baseline_dir is not None:
+        report = read_baseline(baseline_dir, len(test))
+        baseline = {"model": report.get("model", "baseline"),
+                    "multiclass_classification_metrics": report["multiclass_classification_metrics"]}
+    evaluation: dict = {"multiclass_classification_metrics": metrics, "model": name, "test_samples": len(test)}
+    if baseline is not None:
+        evaluation["baseline"] = baseline
+        evaluation["accuracy_gain_over_baseline"] = (
+            metrics["accuracy"]["value"] - baseline["multiclass_classification_metrics"]["accuracy"]["value"])
     with staged_dir(Path(args.output_dir)) as staging:
-        atomic_write_json(staging / "evaluation.json", evaluation)
-        plot_confusion(cnn["confusion_matrix"], f"CNN on the test set: accuracy {cnn['accuracy']['value']:.4f}",
-                       staging / "confusion_matrix.png")
-        plot_confusion(baseline["confusion_matrix"],
-                       f"XGBoost baseline: accuracy {baseline['accuracy']['value']:.4f}",
-                       staging / "confusion_matrix_baseline.png")
+        atomic_write_json(staging / REPORT, evaluation)
+        plot_confusion(metrics["confusion_matrix"], f"{name} on the test set: accuracy "
+                       f"{metrics['accuracy']['value']:.4f}", staging / "confusion_matrix.png")
+        if baseline is not None:
+            copied = baseline_dir / "confusion_matrix.png" if baseline_dir is not None else None
+            if copied is not None and copied.is_file():
+                shutil.copyfile(copied, staging / "confusion_matrix_baseline.png")
+            else:
+                plot_confusion(baseline["multiclass_classification_metrics"]["confusion_matrix"],
+                               f"{baseline['model']} baseline: accuracy "
+                               f"{baseline['multiclass_classification_metrics']['accuracy']['value']:.4f}",
+                               staging / "confusion_matrix_baseline.png")
     LOG.info("evaluation finished in %.1f s", time.perf_counter() - started)
     return evaluation
 

@@ -6,6 +6,7 @@ them, so the other ``mlops`` commands start at once.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -14,7 +15,7 @@ import click
 from mlops import staging
 from mlops.cli.common import TARGETS, config, fail, parse_pairs
 from mlops.definition.config import PipelineConfig
-from mlops.definition.model import DefinitionError, load_definition, parse
+from mlops.definition.model import DefinitionError, Issue, load_definition, parse
 from mlops.local import commands
 from pipelines.source_bundle import code_location, collect_bundle
 from training.atomic import atomic_write_text
@@ -25,14 +26,15 @@ STRATEGY = click.option("--tuning-strategy", type=click.Choice(["Bayesian", "Ran
                              "MLOPS_TUNING_STRATEGY]. With Bayesian, TuningStrategy=Random also works per run.")
 
 
-def _built(ctx: click.Context, tuning_strategy: str | None, target: str = "local") -> tuple[PipelineConfig, dict]:
+def _built(ctx: click.Context, tuning_strategy: str | None, target: str = "local",
+           sdk_warnings: list[str] | None = None) -> tuple[PipelineConfig, dict]:
     from mlops.definition.build import build_definition
 
     built_config = config(ctx)
     if tuning_strategy:
         built_config = replace(built_config, tuning_strategy=tuning_strategy)
     built_config = built_config.for_local() if target == "local" else built_config.require_aws()
-    return built_config, build_definition(built_config)
+    return built_config, build_definition(built_config, sdk_warnings)
 
 
 @click.command()
@@ -64,11 +66,12 @@ def validate(ctx: click.Context, file: str | None, tuning_strategy: str | None) 
     """Check a definition (built now when FILE is omitted) against the SageMaker API shapes and its graph."""
     from mlops.definition.validate import errors_only, validate_definition
 
+    sdk_warnings: list[str] = []
     try:
-        loaded = load_definition(file) if file else _built(ctx, tuning_strategy)[1]
+        loaded = load_definition(file) if file else _built(ctx, tuning_strategy, sdk_warnings=sdk_warnings)[1]
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
-    issues = validate_definition(loaded)
+    issues = [Issue("sdk", "", text, "warning") for text in sdk_warnings] + validate_definition(loaded)
     for issue in issues:
         click.echo(str(issue), err=issue.severity == "error")
     errors = errors_only(issues)
@@ -84,15 +87,25 @@ def validate(ctx: click.Context, file: str | None, tuning_strategy: str | None) 
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the execution to finish.")
 @click.option("--tag", "tags", multiple=True, metavar="Key=Value", help="Tag the SageMaker pipeline (repeatable).")
 @click.option("--poll-seconds", type=float, default=30.0, show_default=True, help="SageMaker status poll interval.")
+@click.option("--definition", "definition_file", type=click.Path(dir_okay=False), default=None,
+              help="Run this definition file (the one `mlops validate` checked) instead of building one now.")
 @STRATEGY
 @click.pass_context
 def run(ctx: click.Context, target: str, params: tuple[str, ...], wait: bool, tags: tuple[str, ...],
-        poll_seconds: float, tuning_strategy: str | None) -> None:
+        poll_seconds: float, definition_file: str | None, tuning_strategy: str | None) -> None:
     """Stage the code, then run the pipeline locally or upsert and start it on SageMaker."""
     try:
         overrides = parse_pairs(params)
         tag_map = parse_pairs(tags, option="--tag")
-        built_config, built = _built(ctx, tuning_strategy, target)
+        if definition_file:
+            if tuning_strategy:
+                raise ValueError("--tuning-strategy shapes a definition being built; the file given with "
+                                 "--definition is already built")
+            built_config = config(ctx).for_local() if target == "local" else config(ctx).require_aws()
+            built = load_definition(definition_file)
+            _check_code_matches(built, built_config, definition_file)
+        else:
+            built_config, built = _built(ctx, tuning_strategy, target)
         parse(built).check().resolve_parameters(overrides)  # refused here, before anything is staged
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
@@ -100,6 +113,16 @@ def run(ctx: click.Context, target: str, params: tuple[str, ...], wait: bool, ta
         _run_local(built_config, built, overrides, wait)
     else:
         _run_sagemaker(built_config, built, overrides, wait, tag_map, poll_seconds)
+
+
+def _check_code_matches(built: dict[str, Any], built_config: PipelineConfig, source: str) -> None:
+    """A definition file names its job code by content hash: it must be the code that is staged now."""
+    staged = code_location(built_config.bucket, built_config.pipeline_name, collect_bundle())
+    text = json.dumps(built)
+    if staged.tarball_uri not in text:
+        raise ValueError(f"{source}: its jobs do not run the code in this working tree (expected "
+                         f"{staged.tarball_uri}); rebuild it with `mlops definition` (same --bucket and "
+                         "--pipeline-name), or check out the commit it was built from")
 
 
 def _stage_inputs(built_config: PipelineConfig, built: dict[str, Any], overrides: dict[str, str], upload_code,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from mlops.definition.config import PipelineConfig
@@ -43,11 +44,22 @@ def build_pipeline(config: PipelineConfig) -> Pipeline:
     )
 
 
-def build_definition(config: PipelineConfig) -> dict[str, Any]:
-    """The stabilised definition as a dict: what ``mlops definition`` prints and what gets upserted."""
-    pipeline = build_pipeline(config)
-    with quiet_sdk():
-        definition = json.loads(pipeline.definition())
+def build_definition(config: PipelineConfig, sdk_warnings: list[str] | None = None) -> dict[str, Any]:
+    """The stabilised definition as a dict: what ``mlops definition`` prints and what gets upserted.
+
+    The SDK's deprecation warnings (framework profiling on PyTorch >= 2.0, ...) are collected into
+    ``sdk_warnings`` when given, once each, so ``mlops validate`` can show them instead of hiding them.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeprecationWarning)
+        pipeline = build_pipeline(config)
+        with quiet_sdk():
+            definition = json.loads(pipeline.definition())
+    if sdk_warnings is not None:
+        for warning in caught:
+            text = " ".join(str(warning.message).split())
+            if "sagemaker" in warning.filename and text not in sdk_warnings:
+                sdk_warnings.append(text)
     return stabilise(definition)
 
 

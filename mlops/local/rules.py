@@ -234,7 +234,7 @@ def build_rule_classes() -> dict[str, type]:
                                           LossNotDecreasing)}
 
 
-def _stop_prefix(parameters: dict[str, Any]) -> str | None:
+def stop_prefix(parameters: dict[str, Any]) -> str | None:
     """The StopTraining action's job-name prefix, read the way smdebug reads it: the whole action string is
     lower-cased first (smdebug.rules.action.Action), so a prefix with capitals can never match."""
     text = parameters.get("action_json")
@@ -335,7 +335,7 @@ class RuleRunner:
                                         f"{finding.step if finding else '?'} resulted in the condition being met: "
                                         f"{finding.detail if finding else ''}")
                 config = next(c for c in self.configurations if c["RuleConfigurationName"] == name)
-                prefix = _stop_prefix(config.get("RuleParameters") or {})
+                prefix = stop_prefix(config.get("RuleParameters") or {})
                 if prefix is not None and stop_target(prefix, self.in_progress()) == self.job_name:
                     stop.append(name)
             except Exception as exc:  # a rule that breaks reports Error, as SageMaker's rule jobs do  # noqa: BLE001

@@ -1,6 +1,6 @@
 """The image-classification pipeline, built with the SageMaker Python SDK v2 and no network call.
 
-    Preprocess -> TuneCNN -> TrainCNN, and TrainXGBoost beside it -> Evaluate -> CheckAccuracy
+    Preprocess -> TuneCNN -> TrainCNN, and TrainXGBoost -> EvaluateBaseline beside it -> Evaluate -> CheckAccuracy
         -> Register (if CNN accuracy >= threshold and >= the XGBoost baseline) else FailAccuracy
 
 How the job code is wired (docs/jobs.md): every step runs code from one content-hashed source bundle
@@ -73,6 +73,7 @@ class StepNames:
     train_cnn: str = "TrainCNN"
     train_xgboost: str = "TrainXGBoost"
     tune_cnn: str = "TuneCNN"
+    evaluate_baseline: str = "EvaluateBaseline"
     evaluate: str = "Evaluate"
     condition: str = "CheckAccuracy"
     register: str = "Register"  # ModelStep names its RegisterModel step "Register-RegisterModel"
@@ -208,12 +209,33 @@ def get_pipeline(
                              hyperparameters=final_hyperparameters)
         step_train_cnn = TrainingStep(name=STEPS.train_cnn, step_args=cnn.fit(inputs=channels), **job_options)
 
-        # Evaluate: the CNN vs the XGBoost baseline on the test split -> evaluation.json (a PropertyFile).
+        # EvaluateBaseline: the XGBoost baseline on the test split, in the XGBoost image (the PyTorch image has
+        # no xgboost, and a job must not pip-install at run time: no internet in a VPC).
+        test_input = ProcessingInput(source=splits["test"].S3Output.S3Uri, destination="/opt/ml/processing/test",
+                                     input_name="test")
+        step_evaluate_baseline = ProcessingStep(
+            name=STEPS.evaluate_baseline,
+            step_args=_processor(build, "evaluate.py", image_uri=xgboost_image(region)).run(
+                inputs=[
+                    _code_input(build.code),
+                    ProcessingInput(source=step_train_xgb.properties.ModelArtifacts.S3ModelArtifacts,
+                                    destination="/opt/ml/processing/model", input_name="model"),
+                    test_input,
+                ],
+                outputs=[ProcessingOutput(output_name="evaluation", source=EVALUATION_PATH)],
+                arguments=["--model-dir", "/opt/ml/processing/model", "--test-dir", "/opt/ml/processing/test",
+                           "--output-dir", EVALUATION_PATH],
+            ),
+            **job_options,
+        )
+
+        # Evaluate: the CNN on the test split, beside the baseline's figures -> evaluation.json (a PropertyFile).
         if registered_model_source == STEPS.train_cnn:
             cnn_model_data = step_train_cnn.properties.ModelArtifacts.S3ModelArtifacts
         else:
             cnn_model_data = step_tune.get_top_model_s3_uri(top_k=0, s3_bucket=default_bucket,
                                                             prefix=f"{pipeline_name}/models/tuning")
+        baseline_uri = step_evaluate_baseline.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri
         evaluation_report = PropertyFile(name="EvaluationReport", output_name="evaluation", path="evaluation.json")
         step_evaluate = ProcessingStep(
             name=STEPS.evaluate,
@@ -222,15 +244,14 @@ def get_pipeline(
                     _code_input(build.code),
                     ProcessingInput(source=cnn_model_data, destination="/opt/ml/processing/model/cnn",
                                     input_name="cnn-model"),
-                    ProcessingInput(source=step_train_xgb.properties.ModelArtifacts.S3ModelArtifacts,
-                                    destination="/opt/ml/processing/model/xgboost", input_name="xgboost-model"),
-                    ProcessingInput(source=splits["test"].S3Output.S3Uri, destination="/opt/ml/processing/test",
-                                    input_name="test"),
+                    ProcessingInput(source=baseline_uri, destination="/opt/ml/processing/baseline",
+                                    input_name="baseline"),
+                    test_input,
                 ],
                 outputs=[ProcessingOutput(output_name="evaluation", source=EVALUATION_PATH)],
                 arguments=[
-                    "--cnn-model-dir", "/opt/ml/processing/model/cnn",
-                    "--xgboost-model-dir", "/opt/ml/processing/model/xgboost",
+                    "--model-dir", "/opt/ml/processing/model/cnn",
+                    "--baseline-dir", "/opt/ml/processing/baseline",
                     "--test-dir", "/opt/ml/processing/test",
                     "--output-dir", EVALUATION_PATH,
                 ],
@@ -289,15 +310,17 @@ def get_pipeline(
         return Pipeline(
             name=pipeline_name,
             parameters=params.as_list(),
-            steps=[step_preprocess, step_tune, step_train_cnn, step_train_xgb, step_evaluate, step_condition],
+            steps=[step_preprocess, step_tune, step_train_cnn, step_train_xgb, step_evaluate_baseline, step_evaluate,
+                   step_condition],
             sagemaker_session=session,
         )
 
 
-def _processor(build: _Build, script: str) -> Processor:
+def _processor(build: _Build, script: str, image_uri: str | None = None) -> Processor:
+    """A processing job that runs ``training/<script>`` from the bundle (in the PyTorch image by default)."""
     return Processor(
         role=build.role,
-        image_uri=pytorch_image(build.region, "training"),
+        image_uri=image_uri or pytorch_image(build.region, "training"),
         entrypoint=["python3", f"{CONTAINER_CODE_DIR}/training/{script}"],
         instance_type=build.params.processing_instance_type,
         instance_count=build.params.processing_instance_count,

@@ -35,7 +35,8 @@ def test_steps_and_types(definition):
     steps = steps_by_name(definition)
     assert {name: step["Type"] for name, step in steps.items()} == {
         "Preprocess": "Processing", "TrainCNN": "Training", "TrainXGBoost": "Training", "TuneCNN": "Tuning",
-        "Evaluate": "Processing", "CheckAccuracy": "Condition", "Register-RegisterModel": "RegisterModel",
+        "EvaluateBaseline": "Processing", "Evaluate": "Processing", "CheckAccuracy": "Condition",
+        "Register-RegisterModel": "RegisterModel",
         "FailAccuracy": "Fail",
     }
     condition = steps["CheckAccuracy"]["Arguments"]
@@ -70,7 +71,7 @@ def test_processing_steps_run_job_scripts_from_the_bundle(definition):
     steps = steps_by_name(definition)
     bundle = collect_bundle()
     source_uri = code_location(LOCAL_BUCKET, "image-classification", bundle).source_uri
-    for name, script in (("Preprocess", "preprocess.py"), ("Evaluate", "evaluate.py")):
+    for name, script in (("Preprocess", "preprocess.py"), ("EvaluateBaseline", "evaluate.py"), ("Evaluate", "evaluate.py")):
         arguments = steps[name]["Arguments"]
         assert arguments["AppSpecification"]["ContainerEntrypoint"] == [
             "python3", f"/opt/ml/processing/input/code/training/{script}"]
@@ -85,16 +86,23 @@ def test_processing_steps_run_job_scripts_from_the_bundle(definition):
     outputs = {o["OutputName"]: o["S3Output"]["LocalPath"] for o in preprocess["ProcessingOutputConfig"]["Outputs"]}
     assert outputs == {split: f"/opt/ml/processing/output/{split}" for split in ("train", "validation", "test")}
 
+    baseline = steps["EvaluateBaseline"]["Arguments"]
+    assert "sagemaker-xgboost:1.7-1" in baseline["AppSpecification"]["ImageUri"]  # has xgboost: no run-time install
+    args = baseline["AppSpecification"]["ContainerArguments"]
+    assert args[args.index("--model-dir") + 1] == "/opt/ml/processing/model"
+    inputs = {i["S3Input"]["LocalPath"]: i["S3Input"]["S3Uri"] for i in baseline["ProcessingInputs"]}
+    assert inputs["/opt/ml/processing/model"] == {"Get": "Steps.TrainXGBoost.ModelArtifacts.S3ModelArtifacts"}
+
     evaluate = steps["Evaluate"]
+    assert "pytorch-training" in evaluate["Arguments"]["AppSpecification"]["ImageUri"]
     args = evaluate["Arguments"]["AppSpecification"]["ContainerArguments"]
-    expected = {"--cnn-model-dir": "/opt/ml/processing/model/cnn", "--xgboost-model-dir":
-                "/opt/ml/processing/model/xgboost", "--test-dir": "/opt/ml/processing/test",
-                "--output-dir": "/opt/ml/processing/evaluation"}
+    expected = {"--model-dir": "/opt/ml/processing/model/cnn", "--baseline-dir": "/opt/ml/processing/baseline",
+                "--test-dir": "/opt/ml/processing/test", "--output-dir": "/opt/ml/processing/evaluation"}
     assert {k: args[args.index(k) + 1] for k in expected} == expected
     inputs = {i["S3Input"]["LocalPath"]: i["S3Input"]["S3Uri"] for i in evaluate["Arguments"]["ProcessingInputs"]}
     assert inputs["/opt/ml/processing/model/cnn"] == {"Get": "Steps.TrainCNN.ModelArtifacts.S3ModelArtifacts"}
-    assert inputs["/opt/ml/processing/model/xgboost"] == {
-        "Get": "Steps.TrainXGBoost.ModelArtifacts.S3ModelArtifacts"}
+    assert inputs["/opt/ml/processing/baseline"] == {
+        "Get": "Steps.EvaluateBaseline.ProcessingOutputConfig.Outputs['evaluation'].S3Output.S3Uri"}
     assert inputs["/opt/ml/processing/test"] == {
         "Get": "Steps.Preprocess.ProcessingOutputConfig.Outputs['test'].S3Output.S3Uri"}
     assert evaluate["PropertyFiles"] == [
@@ -194,7 +202,7 @@ def test_cache_and_retry_settable_by_caller():
     custom = replace(CONFIG, extra={"cache_config": CacheConfig(enable_caching=False), "retry_policies": []})
     built = build_definition(custom)
     jobs = [s for s, _, _ in iter_steps(built["Steps"]) if s["Type"] in ("Processing", "Training", "Tuning")]
-    assert len(jobs) == 5
+    assert len(jobs) == 6
     for step in jobs:
         assert step.get("CacheConfig", {"Enabled": False})["Enabled"] is False
         assert not step.get("RetryPolicies")

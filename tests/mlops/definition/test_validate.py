@@ -161,7 +161,7 @@ def test_cli_definition_then_validate(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["validate", str(out)])
     assert result.exit_code == 0, result.output
-    assert "valid (8 steps checked" in result.output
+    assert "valid (9 steps checked" in result.output
 
     stdout = runner.invoke(main, ["definition"])
     assert stdout.exit_code == 0 and json.loads(stdout.output) == json.loads(out.read_text())

@@ -21,7 +21,7 @@ from mlops.registry import LocalRegistry
 
 SLICE = {"MaxTrainSamples": "6000", "MaxTestSamples": "1000", "CnnEpochs": "3", "XGBoostNumRound": "20",
          "TuningMaxJobs": "2", "TuningMaxParallelJobs": "2"}
-JOB_STEPS = {"Preprocess", "TrainCNN", "TrainXGBoost", "TuneCNN", "Evaluate"}
+JOB_STEPS = {"Preprocess", "TrainCNN", "TrainXGBoost", "TuneCNN", "EvaluateBaseline", "Evaluate"}
 
 
 def _run(**params: str) -> tuple[str, str]:
