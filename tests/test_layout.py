@@ -6,21 +6,15 @@ from __future__ import annotations
 
 import ast
 import graphlib
-import json
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from mlops.definition.build import stabilise
-from mlops.definition.model import parse
-from mlops.local.engine import CACHEABLE, cache_key
-from mlops.local.expressions import Context
-from pipelines.image_classification.pipeline import get_pipeline
-from pipelines.image_classification.session import quiet_sdk
 from pipelines.source_bundle import PACKAGES, ROOT_FILES, collect_bundle
 from tests.helpers import ROOT
+from tests.helpers.cache_keys import cache_keys
 
 HOST_ONLY_IMPORTS = {"click", "rich", "falcon", "gunicorn", "sqlite3", "mlops"}
 PROJECT_PACKAGES = ("mlops", "pipelines", "training", "inference")
@@ -51,33 +45,6 @@ def test_the_bundle_is_exactly_the_container_code():
             assert not roots & HOST_ONLY_IMPORTS, f"{name} imports host-only {sorted(roots & HOST_ONLY_IMPORTS)}"
 
 
-class _AnyProperties(dict):
-    """Step properties in which every path exists and reads back as the path: cache keys without running steps."""
-
-    def __contains__(self, key: object) -> bool:
-        return True
-
-    def __getitem__(self, key: object) -> _AnyProperties:
-        return _AnyProperties(path=f"{dict.get(self, 'path')}.{key}")
-
-
-def _cache_keys(project_root: Path) -> tuple[str, dict[str, str]]:
-    """The bundle digest and each job step's cache key, for the definition built over ``project_root``'s code."""
-    bundle = collect_bundle(project_root)
-    pipeline = get_pipeline(role="arn:aws:iam::000000000000:role/r", default_bucket="bucket", bundle=bundle)
-    with quiet_sdk():
-        definition = parse(stabilise(json.loads(pipeline.definition()))).check()
-    ctx = Context(parameters=definition.resolve_parameters({}),
-                  execution={name: f"{{{{Execution.{name}}}}}" for name in ("PipelineExecutionId",
-                                                                           "PipelineExecutionArn", "PipelineName",
-                                                                           "PipelineArn", "StartDateTime",
-                                                                           "CurrentDateTime")},
-                  step_properties=lambda step: _AnyProperties(path=step),
-                  property_file=lambda step, name: _AnyProperties(path=f"{step}.{name}"))
-    keys = {name: cache_key(step, ctx) for name, step in definition.steps.items() if step.type in CACHEABLE}
-    return bundle.digest, keys
-
-
 @pytest.fixture(scope="module")
 def project_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("project")
@@ -87,17 +54,17 @@ def project_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_editing_host_code_leaves_the_bundle_and_every_cache_key_unchanged(project_copy):
-    digest, keys = _cache_keys(project_copy)
+    digest, keys = cache_keys(project_copy)
     assert set(keys) == {"Preprocess", "TrainCNN", "TrainXGBoost", "TuneCNN", "EvaluateBaseline", "Evaluate"}
     host_modules = [p for package in ("mlops", "pipelines") for p in (project_copy / package).rglob("*.py")]
     assert len(host_modules) > 30
     for path in host_modules:
         path.write_text(path.read_text() + "\n# edited on the host\n")
-    assert _cache_keys(project_copy) == (digest, keys)
+    assert cache_keys(project_copy) == (digest, keys)
 
     job_script = project_copy / "training" / "train_xgboost.py"
     job_script.write_text(job_script.read_text() + "\n# edited job script\n")
-    edited_digest, edited_keys = _cache_keys(project_copy)
+    edited_digest, edited_keys = cache_keys(project_copy)
     assert edited_digest != digest
     assert all(edited_keys[name] != keys[name] for name in keys), "every job step runs code from the bundle"
 

@@ -99,3 +99,21 @@ def test_below_the_threshold_nothing_is_registered_and_the_fail_step_says_why(re
     assert figures == [cnn, 1.0, baseline], message
     assert "the model was not registered" in message
     assert json.loads(json.dumps(described, default=str))["FailureReason"] in output
+
+
+@pytest.mark.slow
+@pytest.mark.fidelity
+def test_every_job_started_through_its_images_launcher(registered):
+    """The PyTorch jobs through sagemaker-training (SAGEMAKER_TRAINING_MODULE of the PyTorch image), XGBoost through
+    sagemaker-containers' module rule: `python -m training.train_xgboost` after the package install."""
+    execution_id, _ = registered
+    steps = _steps(execution_id)
+    cnn = Path(steps["TrainCNN"].log_path).read_text()
+    assert "sagemaker_pytorch_container.training" in cnn and "Invoking user script" in cnn
+    assert "-m mlops.local.containers pytorch" in cnn
+    xgboost = Path(steps["TrainXGBoost"].log_path).read_text()
+    assert "sagemaker-containers" in xgboost and "-m training.train_xgboost" in xgboost
+    trials = [j for j in records.list_jobs(execution_id, "TuneCNN") if j["job_type"] == "Training"]
+    assert all("sagemaker_pytorch_container" in Path(j["log_path"]).read_text() for j in trials)
+    config = json.loads((Path(steps["TrainCNN"].work_dir) / "input" / "config" / "resourceconfig.json").read_text())
+    assert config["hosts"] == ["algo-1"] and config["current_host"] == "algo-1"
