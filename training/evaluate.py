@@ -118,11 +118,11 @@ def plot_confusion(matrix_json: dict, title: str, path: Path) -> None:
 
 
 def score(folder: Path, workdir: Path, pixels: np.ndarray, labels: np.ndarray, class_names: list[str],
-          args: argparse.Namespace) -> tuple[str, dict]:
+          args: argparse.Namespace, what: str = "scored") -> tuple[str, dict]:
     """(model name, quality metrics) of the model in ``folder`` on the test pixels."""
     from inference.inference import model_fn
 
-    model_dir = unpack_model(folder, workdir, folder.name or "model")
+    model_dir = unpack_model(folder, workdir, what)
     try:
         model = model_fn(str(model_dir))
     except ImportError as exc:
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> dict:
         baseline = None
         if args.xgboost_model_dir:
             baseline_name, baseline_metrics = score(Path(args.xgboost_model_dir), Path(tmp) / "baseline", pixels,
-                                                    test.labels, class_names, args)
+                                                    test.labels, class_names, args, what="baseline")
             baseline = {"model": baseline_name, "multiclass_classification_metrics": baseline_metrics}
     baseline_dir = Path(args.baseline_dir) if args.baseline_dir else None
     if baseline_dir is not None:

@@ -28,6 +28,7 @@ from torch import nn
 from training.atomic import atomic_write_json, staged_dir
 from training.datasets import DatasetError, Split, load_manifest, load_split
 from training.debugger import session_from_env
+from training.distributed import Cluster
 from training.job_env import JobEnv, copy_inference_code, str2bool, write_failure
 from training.metrics import format_metrics_line
 from training.models import ARCHITECTURES, build_model, count_parameters
@@ -183,20 +184,29 @@ EpochCallback = Callable[[EpochRecord, nn.Module], None]
 
 
 def train(config: TrainConfig, train_split: Split, val_split: Split, num_classes: int,
-          on_epoch: EpochCallback | None = None, debug_session=None) -> tuple[nn.Module, list[EpochRecord]]:
-    """Train and return the model and per-epoch history; ``on_epoch`` lets benchmarks watch test accuracy."""
+          on_epoch: EpochCallback | None = None, debug_session=None,
+          cluster: Cluster | None = None) -> tuple[nn.Module, list[EpochRecord]]:
+    """Train and return the model and per-epoch history; ``on_epoch`` lets benchmarks watch test accuracy.
+
+    With several hosts (``cluster``), every host draws the same global batches and trains on its share of each.
+    """
+    cluster = cluster or Cluster()
     torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)  # the batch order: the same on every host
+    augmenting = generator if cluster.size == 1 else torch.Generator().manual_seed(config.seed + 1 + cluster.rank)
     train_split = stratified_fraction(train_split, config.train_fraction, config.seed)
     x_train, y_train = to_tensors(train_split)
     x_val, y_val = to_tensors(val_split)
     fill = float(x_train.min())  # the normalized background value
     model = build_model(config.architecture, num_classes, kernel_size=config.kernel_size, width=config.width,
                         dropout=config.dropout, image_size=x_train.shape[-1])
-    LOG.info("%s: %d parameters, %d training / %d validation images", config.architecture,
-             count_parameters(model), len(y_train), len(y_val))
+    LOG.info("%s: %d parameters, %d training / %d validation images%s", config.architecture,
+             count_parameters(model), len(y_train), len(y_val),
+             f", host {cluster.rank + 1} of {cluster.size}" if cluster.size > 1 else "")
     optimizer = make_optimizer(config, model)
-    steps_per_epoch = math.ceil(len(y_train) / config.batch_size)
+    network = cluster.wrap(model)
+    # The last, partial batch only when every host gets part of it (one host: always, as ceil would).
+    steps_per_epoch = len(y_train) // config.batch_size + (len(y_train) % config.batch_size >= cluster.size)
     scheduler = make_scheduler(config, optimizer, steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     if debug_session is not None:
@@ -211,12 +221,12 @@ def train(config: TrainConfig, train_split: Split, val_split: Split, num_classes
         order = torch.randperm(len(y_train), generator=generator)
         running, seen = 0.0, 0
         for step in range(steps_per_epoch):
-            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+            idx = cluster.share(order[step * config.batch_size:(step + 1) * config.batch_size])
             xb, yb = x_train[idx], y_train[idx]
             if config.augment:
-                xb = augment_batch(xb, config.rotation_degrees, config.cutout, config.cutout_prob, fill, generator)
+                xb = augment_batch(xb, config.rotation_degrees, config.cutout, config.cutout_prob, fill, augmenting)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
+            loss = loss_fn(network(xb), yb)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch} step {step}; lower lr")
             loss.backward()
@@ -229,6 +239,7 @@ def train(config: TrainConfig, train_split: Split, val_split: Split, num_classes
                 debug_session.step()
         if debug_session is not None:
             debug_session.set_mode("eval")
+        running, seen = cluster.total(running, seen)
         val_loss, val_acc = evaluate_model(model, x_val, y_val)
         if debug_session is not None:
             debug_session.record_validation(val_loss)  # Debugger's Overfit/Overtraining compare it with training
@@ -240,7 +251,8 @@ def train(config: TrainConfig, train_split: Split, val_split: Split, num_classes
                                   epoch_seconds=record.epoch_seconds), flush=True)
         if on_epoch is not None:
             on_epoch(record, model)
-        if config.max_train_seconds and now - started >= config.max_train_seconds and epoch < config.epochs:
+        over_time = bool(config.max_train_seconds and now - started >= config.max_train_seconds)
+        if cluster.total(float(over_time))[0] and epoch < config.epochs:  # all hosts stop together, or none
             LOG.warning("stopping after epoch %d: max-train-seconds=%s reached", epoch, config.max_train_seconds)
             break
     return model, history
@@ -288,12 +300,20 @@ def save_model(model: nn.Module, config: TrainConfig, manifest: dict, model_dir:
         copy_inference_code(staging, "pytorch")
 
 
-def run(config: TrainConfig, env: JobEnv, debug_session=None) -> list[EpochRecord]:
+def run(config: TrainConfig, env: JobEnv, debug_session=None, cluster: Cluster | None = None) -> list[EpochRecord]:
+    cluster = cluster or Cluster()
     torch.set_num_threads(config.num_threads or env.num_cpus)
     train_dir, val_dir = env.channel("train"), env.channel("validation")
     manifest = load_manifest(train_dir)
     train_split, val_split = load_split(train_dir, "train"), load_split(val_dir, "validation")
-    model, history = train(config, train_split, val_split, manifest["num_classes"], debug_session=debug_session)
+    cluster.start()
+    try:
+        model, history = train(config, train_split, val_split, manifest["num_classes"], debug_session=debug_session,
+                               cluster=cluster)
+    finally:
+        cluster.stop()
+    if not cluster.is_leader:  # SageMaker uploads every host's model folder: only the leader writes one
+        return history
     save_model(model, config, manifest, env.model_dir)
     with staged_dir(env.output_data_dir) as staging:
         atomic_write_json(staging / "history.json", {"config": asdict(config), "epochs": [asdict(r) for r in history]})
@@ -308,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         config, unknown = parse_args(argv)
         if unknown:
             LOG.info("ignoring arguments not meant for this script: %s", " ".join(unknown))
-        run(config, env, debug_session=session_from_env(env))
+        cluster = Cluster.from_environ()
+        run(config, env, debug_session=session_from_env(env) if cluster.is_leader else None, cluster=cluster)
     except (DatasetError, ValueError, FloatingPointError) as exc:
         write_failure(env, str(exc))
         print(f"train_cnn failed: {exc}", file=sys.stderr)

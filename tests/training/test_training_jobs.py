@@ -93,7 +93,7 @@ def test_evaluate_refuses_a_missing_model(tmp_path: Path, run_job_script, mnist_
     result = run_job_script("evaluate.py", ["--cnn-model-dir", str(tmp_path / "none"),
                                             "--xgboost-model-dir", str(job_chain["xgb_model"]),
                                             "--test-dir", str(mnist_slice / "test"), "--output-dir", str(tmp_path / "ev")])
-    assert result.returncode == 2 and "cnn model input" in result.stderr
+    assert result.returncode == 2 and "scored model input" in result.stderr
     assert not (tmp_path / "ev").exists()
 
 
