@@ -26,24 +26,19 @@ JOB = "pipelines-exec1-TrainCNN-a1"
 
 @pytest.fixture(scope="module")
 def train_cnn_args() -> dict:
-    """TrainCNN's Debugger/Profiler settings from the real definition, the StopTraining prefix resolved."""
+    """TrainCNN's Debugger/Profiler settings from the real definition."""
     from mlops.definition.build import build_definition
     from mlops.definition.config import PipelineConfig
 
     definition = build_definition(PipelineConfig())
-    arguments = next(s for s in definition["Steps"] if s["Name"] == "TrainCNN")["Arguments"]
-    for config in arguments["DebugRuleConfigurations"]:
-        action = config["RuleParameters"].get("action_json")
-        if isinstance(action, dict):
-            config["RuleParameters"]["action_json"] = "".join(
-                v if isinstance(v, str) else "exec1" for v in action["Std:Join"]["Values"])
-    return arguments
+    return next(s for s in definition["Steps"] if s["Name"] == "TrainCNN")["Arguments"]
 
 
 def _configure(work: Path, arguments: dict) -> dict[str, str]:
+    """The config files SageMaker writes for the job, and SM_INPUT_CONFIG_DIR as the training toolkit sets it."""
     from mlops.local.instrument import JobInstruments
 
-    return JobInstruments(arguments, JOB, work).environment()
+    return {**JobInstruments(arguments, JOB, work).environment(), "SM_INPUT_CONFIG_DIR": str(work / "input" / "config")}
 
 
 def _statuses(work: Path, arguments: dict, job: str = JOB) -> dict[str, dict]:
@@ -120,14 +115,14 @@ def test_saturated_activations_trigger_vanishing_gradient_and_its_stop_action(tm
                             timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     runner = RuleRunner(tmp_path / "output" / "tensors", train_cnn_args["DebugRuleConfigurations"], JOB)
-    # StopTraining, for a job of this execution
+    # StopTraining: this job is the one InProgress training job with the prefix
     assert "VanishingGradient" in runner.poll(final=True)
     vanishing = runner.finish()[0]
     assert vanishing["RuleEvaluationStatus"] == "IssuesFound"
     assert "mean |gradient|" in vanishing["StatusDetails"] and "< threshold 1e-07" in vanishing["StatusDetails"]
-    other = RuleRunner(tmp_path / "output" / "tensors", train_cnn_args["DebugRuleConfigurations"],
-                       "pipelines-otherexec-TrainCNN-a1")
-    assert other.poll(final=True) == []  # the action's prefix names this execution's job only
+    crowded = RuleRunner(tmp_path / "output" / "tensors", train_cnn_args["DebugRuleConfigurations"], JOB,
+                         in_progress=lambda: [JOB, "pipelines-otherexec-TrainXGBoost-a1"])
+    assert crowded.poll(final=True) == []  # smdebug stops only a unique match
 
 
 def test_rules_without_data_report_error(tmp_path, train_cnn_args):
