@@ -10,19 +10,31 @@ from botocore.exceptions import ClientError
 
 from mlops import store
 from mlops.registry.base import (
+    GATE_PREFIX,
     HISTORY_PREFIX,
     JSON_FIELDS,
-    MAX_SAGEMAKER_HISTORY,
     PENDING,
+    SAGEMAKER_HISTORY_LIMITS,
+    SMOKE_PREFIX,
     RegistryBase,
     RegistryError,
     default_region,
+    gate_value,
     history_value,
     now_utc,
     package_arn,
+    parse_gate_value,
     parse_history_value,
+    parse_smoke_value,
+    smoke_value,
     validate_create_request,
 )
+
+
+def _numbered(props: dict[str, str], prefix: str) -> list[tuple[int, str]]:
+    """``prefix<n>`` entries of CustomerMetadataProperties, oldest first."""
+    return sorted((int(k[len(prefix):]), v) for k, v in props.items()
+                  if k.startswith(prefix) and k[len(prefix):].isdigit())
 
 
 class SageMakerRegistry(RegistryBase):
@@ -73,9 +85,9 @@ class SageMakerRegistry(RegistryBase):
     def _record(self, described: dict[str, Any]) -> dict[str, Any]:
         record = {k: v for k, v in described.items() if k != "ResponseMetadata"}
         props = record.get("CustomerMetadataProperties") or {}
-        entries = sorted((int(k[len(HISTORY_PREFIX):]), v) for k, v in props.items()
-                         if k.startswith(HISTORY_PREFIX) and k[len(HISTORY_PREFIX):].isdigit())
-        record["ApprovalHistory"] = [parse_history_value(v) for _, v in entries]
+        record["ApprovalHistory"] = [parse_history_value(v) for _, v in _numbered(props, HISTORY_PREFIX)]
+        record["SmokeTests"] = [parse_smoke_value(v) for _, v in _numbered(props, SMOKE_PREFIX)]
+        record["GateHistory"] = [parse_gate_value(v) for _, v in _numbered(props, GATE_PREFIX)]
         for field in ("ModelPackageDescription", "ApprovalDescription", "LastModifiedTime", *JSON_FIELDS):
             record.setdefault(field, None)
         return self._with_metrics(record)
@@ -122,23 +134,29 @@ class SageMakerRegistry(RegistryBase):
                 self._sts = boto3.client("sts", region_name=self.region)
         return self._sts.get_caller_identity()["Account"]
 
-    def _transition(self, record: dict[str, Any], target: str, approver: str, comment: str | None) -> dict[str, Any]:
-        arn = record["ModelPackageArn"]
+    def _appended(self, record: dict[str, Any], prefix: str, value: str) -> dict[str, Any]:
+        """UpdateModelPackage arguments that append ``value`` as the next ``prefix<n>`` entry (oldest dropped)."""
         props = dict(record.get("CustomerMetadataProperties") or {})
-        history_keys = sorted(int(k[len(HISTORY_PREFIX):]) for k in props
-                               if k.startswith(HISTORY_PREFIX) and k[len(HISTORY_PREFIX):].isdigit())
-        number = (history_keys[-1] + 1) if history_keys else 1
-        entry = {"Status": target, "PreviousStatus": record["ModelApprovalStatus"], "By": approver, "Time": now_utc(),
-                 "Comment": comment}
-        props[f"{HISTORY_PREFIX}{number}"] = history_value(entry)
-        dropped = [f"{HISTORY_PREFIX}{n}" for n in history_keys[: max(0, len(history_keys) + 1 - MAX_SAGEMAKER_HISTORY)]]
+        numbers = [n for n, _ in _numbered(props, prefix)]
+        props[f"{prefix}{(numbers[-1] + 1) if numbers else 1}"] = value
+        dropped = [f"{prefix}{n}" for n in numbers[: max(0, len(numbers) + 1 - SAGEMAKER_HISTORY_LIMITS[prefix])]]
         for key in dropped:
             props.pop(key)
-        kwargs: dict[str, Any] = {"ModelPackageArn": arn, "ModelApprovalStatus": target,
-                                  "CustomerMetadataProperties": props}
-        if comment:
-            kwargs["ApprovalDescription"] = comment[:1024]
+        kwargs: dict[str, Any] = {"ModelPackageArn": record["ModelPackageArn"], "CustomerMetadataProperties": props}
         if dropped:
             kwargs["CustomerMetadataPropertiesToRemove"] = dropped
+        return kwargs
+
+    def _transition(self, record: dict[str, Any], target: str, approver: str, comment: str | None) -> dict[str, Any]:
+        entry = {"Status": target, "PreviousStatus": record["ModelApprovalStatus"], "By": approver, "Time": now_utc(),
+                 "Comment": comment}
+        kwargs = {**self._appended(record, HISTORY_PREFIX, history_value(entry)), "ModelApprovalStatus": target}
+        if comment:
+            kwargs["ApprovalDescription"] = comment[:1024]
         self.sm.update_model_package(**kwargs)
-        return self._record(self.sm.describe_model_package(ModelPackageName=arn))
+        return self._record(self.sm.describe_model_package(ModelPackageName=record["ModelPackageArn"]))
+
+    def _append_stage_event(self, record: dict[str, Any], kind: str, entry: dict[str, Any]) -> dict[str, Any]:
+        prefix, value = (SMOKE_PREFIX, smoke_value(entry)) if kind == "smoke" else (GATE_PREFIX, gate_value(entry))
+        self.sm.update_model_package(**self._appended(record, prefix, value))
+        return self._record(self.sm.describe_model_package(ModelPackageName=record["ModelPackageArn"]))
