@@ -123,6 +123,32 @@ def endpoints() -> None:
     """Local stage endpoints: what serves where."""
 
 
+@endpoints.command("stack-config")
+@click.option("--target", type=click.Choice(["sagemaker"]), default="sagemaker", show_default=True)
+@click.option("--group", default=None, help="Model package group [default: --model-package-group].")
+@click.option("--version", type=click.IntRange(min=1), default=None, help="Model version (default: newest Approved).")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--project", default=None, help="ProjectName of the artifacts and roles stacks [default: the group].")
+@click.pass_context
+def stack_config(ctx: click.Context, target: str, group: str | None, version: int | None, output_dir: Path,
+                 project: str | None) -> None:
+    """Write the staging and prod endpoint stacks' template configurations for one Approved version.
+
+    The deploy pipeline's build step: <stage>-config.json (CodePipeline's TemplateConfiguration: Parameters, Tags)
+    for every stage, and selected.env (MODEL_PACKAGE_ARN, MODEL_PACKAGE_VERSION) for its exported variables.
+    """
+    from mlops.aws import endpoint_stack
+
+    cfg = config(ctx)
+    group = group or cfg.model_package_group
+    try:
+        written = endpoint_stack.write_stack_configs(cfg.region, group, version, output_dir, project or group)
+    except (endpoint_stack.StackError, RegistryError, stage_config.StageConfigError) as exc:
+        fail(str(exc))
+    for path in written:
+        click.echo(f"wrote {path}")
+
+
 @endpoints.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON records instead of a table.")
 def list_endpoints(as_json: bool) -> None:

@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from mlops import store
 from mlops.registry import LocalRegistry
@@ -86,7 +87,7 @@ class Load:
                 self.outcomes.append(outcome)
         conn.close()
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Self:
         for thread in self._threads:
             thread.start()
         return self
