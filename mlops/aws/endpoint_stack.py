@@ -87,7 +87,8 @@ def served_package(sagemaker: Any, endpoint: str) -> dict[str, Any]:
 
         raise SmokeTestError(f"endpoint {endpoint} is {described['EndpointStatus']}, not InService")
     config = sagemaker.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"])
-    model = sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+    model_name = config["ProductionVariants"][0]["ModelName"]
+    model = sagemaker.describe_model(ModelName=model_name.rsplit("/", 1)[-1])  # a name; moto's CloudFormation gives an ARN
     container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
     arn = container.get("ModelPackageName") or ""
     if "/" not in arn:

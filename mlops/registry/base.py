@@ -16,9 +16,10 @@ Approval history (who, when, from which status, comment):
 The deploy stage adds two audit trails per version (``SmokeTests`` and ``GateHistory`` in every record):
 - smoke tests: stage, Passed/Failed, who ran it, when, against which endpoint, and a one-line summary;
 - gate decisions (the manual approval between staging and prod): stage, Approved/Rejected, who, when, comment.
-Locally they are the ``smoke_tests`` and ``gate_decisions`` tables; on SageMaker ``mlops.smoke.<n>`` and
-``mlops.gate.<n>`` metadata entries in the same charset. SageMaker allows 50 metadata entries per package, so
-the newest 30 approvals, 10 smoke tests and 10 gate decisions are kept there.
+Locally they are the ``smoke_tests`` and ``gate_decisions`` tables. On SageMaker they are JSON objects in the
+artifact bucket (``s3://BUCKET/deploy-audit/<group>/<version>/``), not model package metadata: every
+UpdateModelPackage emits a "Model Package State Change" event that still says Approved, which the deploy
+pipeline's rule would take for a new approval (a smoke test restarting the pipeline that ran it).
 """
 
 from __future__ import annotations
@@ -43,11 +44,8 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {PENDING: (APPROVED, REJECTED), APPROV
 ACCOUNT_ID = "000000000000"
 GROUP_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 HISTORY_PREFIX = "mlops.approval."
-SMOKE_PREFIX = "mlops.smoke."
-GATE_PREFIX = "mlops.gate."
-MAX_SAGEMAKER_HISTORY = 30
-# CustomerMetadataProperties holds at most 50 entries: approvals, smoke tests and gate decisions share them.
-SAGEMAKER_HISTORY_LIMITS = {HISTORY_PREFIX: MAX_SAGEMAKER_HISTORY, SMOKE_PREFIX: 10, GATE_PREFIX: 10}
+MAX_SAGEMAKER_HISTORY = 40
+AUDIT_PREFIX = "deploy-audit"
 
 STAGES = ("staging", "prod")
 GATED_STAGES = ("prod",)
@@ -136,53 +134,6 @@ def history_value(entry: dict[str, Any]) -> str:
     comment = " ".join(_SM_VALUE_BAD.sub(" ", entry.get("Comment") or "").split())
     value = f"{head} comment={comment}" if comment else head
     return value[:256]
-
-
-def _sm_text(text: str | None) -> str:
-    return " ".join(_SM_VALUE_BAD.sub(" ", text or "").split())
-
-
-def metadata_value(fields: dict[str, Any], tail_key: str, tail: str | None) -> str:
-    """``k=v ... tail_key=free text`` within SageMaker's metadata charset and 256 characters."""
-    head = " ".join(f"{k}={_SM_VALUE_BAD.sub('_', str(v)).replace(' ', '_')}" for k, v in fields.items())
-    text = _sm_text(tail)
-    return (f"{head} {tail_key}={text}" if text else head)[:256]
-
-
-def parse_metadata_value(value: str, tail_key: str) -> tuple[dict[str, str], str | None]:
-    head, _, tail = value.partition(f" {tail_key}=")
-    return dict(part.split("=", 1) for part in head.split() if "=" in part), (tail or None)
-
-
-def _sm_time(value: datetime) -> str:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_sm_time(value: str | None) -> datetime | None:
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if value else None
-
-
-def smoke_value(entry: dict[str, Any]) -> str:
-    return metadata_value({"stage": entry["Stage"], "result": entry["Result"], "by": entry["By"],
-                           "at": _sm_time(entry["Time"]), "endpoint": entry.get("Endpoint") or "-"},
-                          "summary", entry.get("Summary"))
-
-
-def parse_smoke_value(value: str) -> dict[str, Any]:
-    fields, summary = parse_metadata_value(value, "summary")
-    return {"Stage": fields.get("stage"), "Result": fields.get("result"), "By": fields.get("by"),
-            "Time": _parse_sm_time(fields.get("at")), "Endpoint": fields.get("endpoint"), "Summary": summary}
-
-
-def gate_value(entry: dict[str, Any]) -> str:
-    return metadata_value({"stage": entry["Stage"], "decision": entry["Decision"], "by": entry["By"],
-                           "at": _sm_time(entry["Time"])}, "comment", entry.get("Comment"))
-
-
-def parse_gate_value(value: str) -> dict[str, Any]:
-    fields, comment = parse_metadata_value(value, "comment")
-    return {"Stage": fields.get("stage"), "Decision": fields.get("decision"), "By": fields.get("by"),
-            "Time": _parse_sm_time(fields.get("at")), "Comment": comment}
 
 
 def latest_smoke_test(record: dict[str, Any], stage: str) -> dict[str, Any] | None:

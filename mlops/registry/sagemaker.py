@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
+from datetime import datetime
 from typing import Any
 
 import boto3
@@ -10,23 +13,18 @@ from botocore.exceptions import ClientError
 
 from mlops import store
 from mlops.registry.base import (
-    GATE_PREFIX,
+    AUDIT_PREFIX,
     HISTORY_PREFIX,
     JSON_FIELDS,
+    MAX_SAGEMAKER_HISTORY,
     PENDING,
-    SAGEMAKER_HISTORY_LIMITS,
-    SMOKE_PREFIX,
     RegistryBase,
     RegistryError,
     default_region,
-    gate_value,
     history_value,
     now_utc,
     package_arn,
-    parse_gate_value,
     parse_history_value,
-    parse_smoke_value,
-    smoke_value,
     validate_create_request,
 )
 
@@ -41,8 +39,10 @@ class SageMakerRegistry(RegistryBase):
     """The same operations against Amazon SageMaker's Model Registry through boto3."""
 
     def __init__(self, sagemaker_client: Any = None, s3_client: Any = None, sts_client: Any = None,
-                 region: str | None = None) -> None:
+                 region: str | None = None, audit_uri: str | None = None) -> None:
         self.region = region or default_region()
+        bucket = os.environ.get("MLOPS_BUCKET")
+        self.audit_uri = audit_uri or (f"s3://{bucket}/{AUDIT_PREFIX}/" if bucket else None)
         self.sm = sagemaker_client or boto3.client("sagemaker", region_name=self.region)
         self._s3 = s3_client
         self._sts = sts_client
@@ -86,8 +86,9 @@ class SageMakerRegistry(RegistryBase):
         record = {k: v for k, v in described.items() if k != "ResponseMetadata"}
         props = record.get("CustomerMetadataProperties") or {}
         record["ApprovalHistory"] = [parse_history_value(v) for _, v in _numbered(props, HISTORY_PREFIX)]
-        record["SmokeTests"] = [parse_smoke_value(v) for _, v in _numbered(props, SMOKE_PREFIX)]
-        record["GateHistory"] = [parse_gate_value(v) for _, v in _numbered(props, GATE_PREFIX)]
+        if "ModelPackageGroupName" in record and "ModelPackageVersion" in record:
+            record["SmokeTests"], record["GateHistory"] = self._stage_events(record["ModelPackageGroupName"],
+                                                                             int(record["ModelPackageVersion"]))
         for field in ("ModelPackageDescription", "ApprovalDescription", "LastModifiedTime", *JSON_FIELDS):
             record.setdefault(field, None)
         return self._with_metrics(record)
@@ -139,7 +140,7 @@ class SageMakerRegistry(RegistryBase):
         props = dict(record.get("CustomerMetadataProperties") or {})
         numbers = [n for n, _ in _numbered(props, prefix)]
         props[f"{prefix}{(numbers[-1] + 1) if numbers else 1}"] = value
-        dropped = [f"{prefix}{n}" for n in numbers[: max(0, len(numbers) + 1 - SAGEMAKER_HISTORY_LIMITS[prefix])]]
+        dropped = [f"{prefix}{n}" for n in numbers[: max(0, len(numbers) + 1 - MAX_SAGEMAKER_HISTORY)]]
         for key in dropped:
             props.pop(key)
         kwargs: dict[str, Any] = {"ModelPackageArn": record["ModelPackageArn"], "CustomerMetadataProperties": props}
@@ -156,7 +157,38 @@ class SageMakerRegistry(RegistryBase):
         self.sm.update_model_package(**kwargs)
         return self._record(self.sm.describe_model_package(ModelPackageName=record["ModelPackageArn"]))
 
+    # -- smoke tests and gate decisions: JSON objects in the artifact bucket (see mlops.registry.base) ----------------
+    def _audit_location(self, group: str, version: int) -> tuple[str, str] | None:
+        if not self.audit_uri:
+            return None
+        bucket, prefix = store.parse_s3_uri(self.audit_uri)
+        return bucket, f"{prefix.strip('/')}/{group}/{version}/".lstrip("/")
+
+    def _stage_events(self, group: str, version: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        location = self._audit_location(group, version)
+        if location is None:
+            return [], []
+        bucket, prefix = location
+        smoke, gates = [], []
+        try:
+            pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            keys = sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+            for key in keys:
+                entry = json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+                entry["Time"] = datetime.fromisoformat(entry["Time"])
+                (smoke if key.endswith("-smoke.json") else gates).append(entry)
+        except ClientError as exc:
+            raise RegistryError(f"cannot read the deploy audit trail under s3://{bucket}/{prefix}: {exc}") from exc
+        return smoke, gates
+
     def _append_stage_event(self, record: dict[str, Any], kind: str, entry: dict[str, Any]) -> dict[str, Any]:
-        prefix, value = (SMOKE_PREFIX, smoke_value(entry)) if kind == "smoke" else (GATE_PREFIX, gate_value(entry))
-        self.sm.update_model_package(**self._appended(record, prefix, value))
-        return self._record(self.sm.describe_model_package(ModelPackageName=record["ModelPackageArn"]))
+        group, version = record["ModelPackageGroupName"], int(record["ModelPackageVersion"])
+        location = self._audit_location(group, version)
+        if location is None:
+            raise RegistryError("recording smoke tests and gate decisions on SageMaker needs the artifact bucket "
+                                "(MLOPS_BUCKET): they are kept under s3://BUCKET/deploy-audit/")
+        bucket, prefix = location
+        key = f"{prefix}{entry['Time']:%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}-{kind}.json"
+        body = json.dumps({**entry, "Time": entry["Time"].isoformat()}, indent=2).encode()
+        self.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+        return self.describe_model_package(group, version)

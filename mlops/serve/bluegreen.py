@@ -151,14 +151,14 @@ def deploy(registry: Any, group: str, stage: str, version: int | None = None, op
     config = stage_config.load(stage)
     name = options.name or stage_config.endpoint_name(group, stage)
     folder = endpoint_dir(name)
+    record = choose_version(registry, group, version)  # refused before anything is written
+    version = int(record["ModelPackageVersion"])
+    if stage in GATED_STAGES:
+        try:
+            registry.check_promotable(record, stage)
+        except RegistryError as exc:
+            raise DeployError(str(exc)) from None
     with locked(folder):
-        record = choose_version(registry, group, version)
-        version = int(record["ModelPackageVersion"])
-        if stage in GATED_STAGES:
-            try:
-                registry.check_promotable(record, stage)
-            except RegistryError as exc:
-                raise DeployError(str(exc)) from None
         state = read_state(name) or {}
         router_up = is_process(state.get("RouterPid"), ROUTER)
         blue = state.get("Backend") if router_up and is_process((state.get("Backend") or {}).get("Pid"), SERVER) else None

@@ -1,4 +1,5 @@
-"""`mlops deploy --target local` and `mlops invoke`: only Approved versions, safe extraction, a real server."""
+"""`mlops deploy --target local` (no --stage: the staging endpoint) and `mlops invoke`: only Approved versions,
+safe extraction, a real server."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tests.helpers.registry import EVAL_URI, EVALUATION, make_request
 from training.atomic import atomic_write_json
 
 GROUP = "image-classification"
+STAGING = f"{GROUP}-staging"
 MODEL_URI = "s3://mlops-local/executions/e1/TrainCNN/output/model.tar.gz"
 
 
@@ -68,9 +70,9 @@ def test_approve_deploy_invoke_right_class_then_stop(home, tmp_path):
     started = mlops("deploy", "--target", "local", "--port", str(port), "--workers", "2", "--background")
     assert started.exit_code == 0, started.output
     try:
-        state = deploy.read_state(GROUP)
-        assert state["ModelPackageVersion"] == 1 and state["Port"] == port
-        assert (home / "endpoints" / GROUP / "models" / "v1" / "code" / "inference.py").is_file()
+        state = deploy.read_state(STAGING)
+        assert state["ModelPackageVersion"] == 1 and state["Port"] == port and state["Stage"] == "staging"
+        assert (home / "endpoints" / STAGING / "models" / "v1" / "code" / "inference.py").is_file()
         images, labels = load_mnist("test", 12)
         hits = 0
         for image, label in zip(images, labels, strict=True):
@@ -85,7 +87,9 @@ def test_approve_deploy_invoke_right_class_then_stop(home, tmp_path):
         bad.write_bytes(b"not a png")
         refused = mlops("invoke", "--file", str(bad), "--url", f"http://127.0.0.1:{port}/invocations")
         assert refused.exit_code == 1 and "answered 400" in refused.output
-        busy = mlops("deploy", "--target", "local", "--port", str(port))
+        again = mlops("deploy", "--target", "local", "--background")
+        assert again.exit_code == 0 and "already serves version 1: nothing to do" in again.output
+        busy = mlops("deploy", "--target", "local", "--port", str(port), "--name", "another-endpoint")
         assert busy.exit_code == 1 and "already in use" in busy.output
     finally:
         stopped = mlops("deploy", "--stop")
@@ -138,7 +142,7 @@ def test_unsafe_or_broken_archives_are_refused(home, tmp_path, name, add, messag
     version = register(_tar_with(tmp_path, name, add))
     LocalRegistry().approve(GROUP, version, approver="x")
     with pytest.raises(deploy.DeployError, match=message):
-        deploy.prepare(LocalRegistry(), GROUP, version)
+        deploy.prepare_model(deploy.choose_version(LocalRegistry(), GROUP, version), deploy.endpoint_dir(GROUP))
     assert not (tmp_path / "escaped.txt").exists() and not (home.parent / "escaped.txt").exists()
     assert not Path("/tmp/mlops-abs-evil.txt").exists()
     models = home / "endpoints" / GROUP / "models"
