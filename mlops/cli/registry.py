@@ -154,7 +154,7 @@ def _decide(ctx: click.Context, action: str, target: str, group: str | None, ver
     click.echo(f"{record['ModelPackageGroupName']} version {record['ModelPackageVersion']} is now "
                f"{record['ModelApprovalStatus']} ({record['ModelPackageArn']})")
     if record["ModelApprovalStatus"] == APPROVED and target == "local":
-        click.echo(f"next: mlops deploy --target local --stage staging --version {record['ModelPackageVersion']}")
+        click.echo(f"next: mlops deploy --target local --version {record['ModelPackageVersion']}")
 
 
 def _decision_command(action: str, doc: str):
