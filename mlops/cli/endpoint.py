@@ -120,7 +120,7 @@ def _deploy_sagemaker(cfg, group: str, stage: str, version: int | None, name: st
 
 @click.group()
 def endpoints() -> None:
-    """Local stage endpoints: what serves where."""
+    """Stage endpoints: what serves where on this machine, and the SageMaker endpoint stacks' parameters."""
 
 
 @endpoints.command("stack-config")

@@ -113,7 +113,9 @@ def extract_model(tar_path: Path, dest: Path) -> Path:
 
 
 def port_free(host: str, port: int) -> bool:
+    """Nothing listens there. SO_REUSEADDR as gunicorn binds: closed connections in TIME_WAIT do not count."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
