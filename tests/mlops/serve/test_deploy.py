@@ -148,3 +148,40 @@ def test_unsafe_or_broken_archives_are_refused(home, tmp_path, name, add, messag
     models = home / "endpoints" / GROUP / "models"
     leftovers = [p.name for p in models.iterdir()] if models.exists() else []
     assert all(not n.startswith(".") for n in leftovers), leftovers  # no staging folder survives
+
+
+@pytest.mark.slow
+def test_foreground_deploy_serves_until_sigterm_then_stops_everything(home, tmp_path):
+    """`mlops deploy --target local` without --background, as before: it serves until stopped, and leaves nothing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import ROOT
+
+    LocalRegistry().approve(GROUP, 1, approver="erin")
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "mlops"), "deploy", "--target", "local", "--port", str(port),
+               "--workers", "1"]
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (deploy.read_state(STAGING) or {}).get("Status") != "InService":
+            assert process.poll() is None, process.stdout.read()
+            time.sleep(0.2)
+        state = deploy.read_state(STAGING)
+        assert state["Port"] == port
+        png = tmp_path / "digit.png"
+        png.write_bytes(digit_png(load_mnist("test", 1)[0][0]))
+        assert mlops("invoke", "--file", str(png), "--url", state["Url"]).exit_code == 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "Ctrl-C stops" in output
+    assert deploy.read_state(STAGING)["Status"] == "Stopped"
+    assert not deploy.is_process(state["RouterPid"], "mlops.serve.router")
+    assert not deploy.is_process(state["Backend"]["Pid"], "mlops.serve.server")
