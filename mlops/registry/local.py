@@ -55,6 +55,29 @@ CREATE TABLE IF NOT EXISTS approval_history (
     FOREIGN KEY (group_name, version) REFERENCES model_packages(group_name, version)
 );
 CREATE INDEX IF NOT EXISTS approval_history_package ON approval_history(group_name, version);
+CREATE TABLE IF NOT EXISTS smoke_tests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    result TEXT NOT NULL CHECK (result IN ('Passed', 'Failed')),
+    tester TEXT NOT NULL,
+    endpoint TEXT,
+    summary TEXT,
+    time TEXT NOT NULL,
+    FOREIGN KEY (group_name, version) REFERENCES model_packages(group_name, version)
+);
+CREATE TABLE IF NOT EXISTS gate_decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    decision TEXT NOT NULL CHECK (decision IN ('Approved', 'Rejected')),
+    approver TEXT NOT NULL,
+    comment TEXT NOT NULL,
+    time TEXT NOT NULL,
+    FOREIGN KEY (group_name, version) REFERENCES model_packages(group_name, version)
+);
 """
 
 
@@ -135,6 +158,21 @@ class LocalRegistry(RegistryBase):
                 raise
         return self.describe_model_package(group, version)
 
+    def _append_stage_event(self, record: dict[str, Any], kind: str, entry: dict[str, Any]) -> dict[str, Any]:
+        group, version = record["ModelPackageGroupName"], record["ModelPackageVersion"]
+        with self._connect() as conn:
+            if kind == "smoke":
+                conn.execute("INSERT INTO smoke_tests(group_name, version, stage, result, tester, endpoint, summary,"
+                             " time) VALUES (?,?,?,?,?,?,?,?)",
+                             (group, version, entry["Stage"], entry["Result"], entry["By"], entry.get("Endpoint"),
+                              entry.get("Summary"), entry["Time"].isoformat()))
+            else:
+                conn.execute("INSERT INTO gate_decisions(group_name, version, stage, decision, approver, comment, time)"
+                             " VALUES (?,?,?,?,?,?,?)",
+                             (group, version, entry["Stage"], entry["Decision"], entry["By"], entry["Comment"],
+                              entry["Time"].isoformat()))
+        return self.describe_model_package(group, version)
+
     # -- reading -------------------------------------------------------------------------------------------
     def _record(self, conn: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
         request = json.loads(row["request_json"])
@@ -157,6 +195,17 @@ class LocalRegistry(RegistryBase):
         record["ApprovalHistory"] = [
             {"Status": h["status"], "PreviousStatus": h["previous_status"], "By": h["approver"],
              "Time": datetime.fromisoformat(h["time"]), "Comment": h["comment"]} for h in history
+        ]
+        key = (row["group_name"], row["version"])
+        record["SmokeTests"] = [
+            {"Stage": t["stage"], "Result": t["result"], "By": t["tester"], "Time": datetime.fromisoformat(t["time"]),
+             "Endpoint": t["endpoint"], "Summary": t["summary"]}
+            for t in conn.execute("SELECT * FROM smoke_tests WHERE group_name = ? AND version = ? ORDER BY id", key)
+        ]
+        record["GateHistory"] = [
+            {"Stage": g["stage"], "Decision": g["decision"], "By": g["approver"],
+             "Time": datetime.fromisoformat(g["time"]), "Comment": g["comment"]}
+            for g in conn.execute("SELECT * FROM gate_decisions WHERE group_name = ? AND version = ? ORDER BY id", key)
         ]
         return self._with_metrics(record)
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
+from datetime import datetime
 from typing import Any
 
 import boto3
@@ -10,6 +13,7 @@ from botocore.exceptions import ClientError
 
 from mlops import store
 from mlops.registry.base import (
+    AUDIT_PREFIX,
     HISTORY_PREFIX,
     JSON_FIELDS,
     MAX_SAGEMAKER_HISTORY,
@@ -25,12 +29,20 @@ from mlops.registry.base import (
 )
 
 
+def _numbered(props: dict[str, str], prefix: str) -> list[tuple[int, str]]:
+    """``prefix<n>`` entries of CustomerMetadataProperties, oldest first."""
+    return sorted((int(k[len(prefix):]), v) for k, v in props.items()
+                  if k.startswith(prefix) and k[len(prefix):].isdigit())
+
+
 class SageMakerRegistry(RegistryBase):
     """The same operations against Amazon SageMaker's Model Registry through boto3."""
 
     def __init__(self, sagemaker_client: Any = None, s3_client: Any = None, sts_client: Any = None,
-                 region: str | None = None) -> None:
+                 region: str | None = None, audit_uri: str | None = None) -> None:
         self.region = region or default_region()
+        bucket = os.environ.get("MLOPS_BUCKET")
+        self.audit_uri = audit_uri or (f"s3://{bucket}/{AUDIT_PREFIX}/" if bucket else None)
         self.sm = sagemaker_client or boto3.client("sagemaker", region_name=self.region)
         self._s3 = s3_client
         self._sts = sts_client
@@ -73,9 +85,10 @@ class SageMakerRegistry(RegistryBase):
     def _record(self, described: dict[str, Any]) -> dict[str, Any]:
         record = {k: v for k, v in described.items() if k != "ResponseMetadata"}
         props = record.get("CustomerMetadataProperties") or {}
-        entries = sorted((int(k[len(HISTORY_PREFIX):]), v) for k, v in props.items()
-                         if k.startswith(HISTORY_PREFIX) and k[len(HISTORY_PREFIX):].isdigit())
-        record["ApprovalHistory"] = [parse_history_value(v) for _, v in entries]
+        record["ApprovalHistory"] = [parse_history_value(v) for _, v in _numbered(props, HISTORY_PREFIX)]
+        if "ModelPackageGroupName" in record and "ModelPackageVersion" in record:
+            record["SmokeTests"], record["GateHistory"] = self._stage_events(record["ModelPackageGroupName"],
+                                                                             int(record["ModelPackageVersion"]))
         for field in ("ModelPackageDescription", "ApprovalDescription", "LastModifiedTime", *JSON_FIELDS):
             record.setdefault(field, None)
         return self._with_metrics(record)
@@ -122,23 +135,60 @@ class SageMakerRegistry(RegistryBase):
                 self._sts = boto3.client("sts", region_name=self.region)
         return self._sts.get_caller_identity()["Account"]
 
-    def _transition(self, record: dict[str, Any], target: str, approver: str, comment: str | None) -> dict[str, Any]:
-        arn = record["ModelPackageArn"]
+    def _appended(self, record: dict[str, Any], prefix: str, value: str) -> dict[str, Any]:
+        """UpdateModelPackage arguments that append ``value`` as the next ``prefix<n>`` entry (oldest dropped)."""
         props = dict(record.get("CustomerMetadataProperties") or {})
-        history_keys = sorted(int(k[len(HISTORY_PREFIX):]) for k in props
-                               if k.startswith(HISTORY_PREFIX) and k[len(HISTORY_PREFIX):].isdigit())
-        number = (history_keys[-1] + 1) if history_keys else 1
-        entry = {"Status": target, "PreviousStatus": record["ModelApprovalStatus"], "By": approver, "Time": now_utc(),
-                 "Comment": comment}
-        props[f"{HISTORY_PREFIX}{number}"] = history_value(entry)
-        dropped = [f"{HISTORY_PREFIX}{n}" for n in history_keys[: max(0, len(history_keys) + 1 - MAX_SAGEMAKER_HISTORY)]]
+        numbers = [n for n, _ in _numbered(props, prefix)]
+        props[f"{prefix}{(numbers[-1] + 1) if numbers else 1}"] = value
+        dropped = [f"{prefix}{n}" for n in numbers[: max(0, len(numbers) + 1 - MAX_SAGEMAKER_HISTORY)]]
         for key in dropped:
             props.pop(key)
-        kwargs: dict[str, Any] = {"ModelPackageArn": arn, "ModelApprovalStatus": target,
-                                  "CustomerMetadataProperties": props}
-        if comment:
-            kwargs["ApprovalDescription"] = comment[:1024]
+        kwargs: dict[str, Any] = {"ModelPackageArn": record["ModelPackageArn"], "CustomerMetadataProperties": props}
         if dropped:
             kwargs["CustomerMetadataPropertiesToRemove"] = dropped
+        return kwargs
+
+    def _transition(self, record: dict[str, Any], target: str, approver: str, comment: str | None) -> dict[str, Any]:
+        entry = {"Status": target, "PreviousStatus": record["ModelApprovalStatus"], "By": approver, "Time": now_utc(),
+                 "Comment": comment}
+        kwargs = {**self._appended(record, HISTORY_PREFIX, history_value(entry)), "ModelApprovalStatus": target}
+        if comment:
+            kwargs["ApprovalDescription"] = comment[:1024]
         self.sm.update_model_package(**kwargs)
-        return self._record(self.sm.describe_model_package(ModelPackageName=arn))
+        return self._record(self.sm.describe_model_package(ModelPackageName=record["ModelPackageArn"]))
+
+    # -- smoke tests and gate decisions: JSON objects in the artifact bucket (see mlops.registry.base) ----------------
+    def _audit_location(self, group: str, version: int) -> tuple[str, str] | None:
+        if not self.audit_uri:
+            return None
+        bucket, prefix = store.parse_s3_uri(self.audit_uri)
+        return bucket, f"{prefix.strip('/')}/{group}/{version}/".lstrip("/")
+
+    def _stage_events(self, group: str, version: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        location = self._audit_location(group, version)
+        if location is None:
+            return [], []
+        bucket, prefix = location
+        smoke, gates = [], []
+        try:
+            pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            keys = sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+            for key in keys:
+                entry = json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+                entry["Time"] = datetime.fromisoformat(entry["Time"])
+                (smoke if key.endswith("-smoke.json") else gates).append(entry)
+        except ClientError as exc:
+            raise RegistryError(f"cannot read the deploy audit trail under s3://{bucket}/{prefix}: {exc}") from exc
+        return smoke, gates
+
+    def _append_stage_event(self, record: dict[str, Any], kind: str, entry: dict[str, Any]) -> dict[str, Any]:
+        group, version = record["ModelPackageGroupName"], int(record["ModelPackageVersion"])
+        location = self._audit_location(group, version)
+        if location is None:
+            raise RegistryError("recording smoke tests and gate decisions on SageMaker needs the artifact bucket "
+                                "(MLOPS_BUCKET): they are kept under s3://BUCKET/deploy-audit/")
+        bucket, prefix = location
+        key = f"{prefix}{entry['Time']:%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}-{kind}.json"
+        body = json.dumps({**entry, "Time": entry["Time"].isoformat()}, indent=2).encode()
+        self.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+        return self.describe_model_package(group, version)

@@ -1,10 +1,10 @@
-"""Deploy an Approved model version from the registry to the local endpoint.
+"""What every local deployment needs: the version to serve, its model safely on disk, server processes.
 
-Steps: pick the version (the one named, else the newest Approved; anything not Approved is refused), find its
-model.tar.gz (InferenceSpecification.Containers[0].ModelDataUrl, an s3:// URI in the local store), extract it
-safely into ``$MLOPS_HOME/endpoints/<name>/models/v<N>`` (tarfile's "data" filter, size cap, staged then
-renamed), record ``endpoint.json``, and serve it with :mod:`mlops.serve.server` in the foreground or, with
-``background=True``, as a detached process with a pidfile that :func:`stop` uses.
+The version is the one named, else the newest Approved (anything not Approved is refused). Its model.tar.gz
+(InferenceSpecification.Containers[0].ModelDataUrl, an s3:// URI in the local store) is extracted safely into
+``$MLOPS_HOME/endpoints/<name>/models/v<N>`` (tarfile's "data" filter, size cap, staged then renamed). Server
+processes are detached, identified by their command line before any signal, stopped with SIGTERM then SIGKILL.
+The stage flow on top (router, blue/green, gates) is :mod:`mlops.serve.bluegreen`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +113,9 @@ def extract_model(tar_path: Path, dest: Path) -> Path:
 
 
 def port_free(host: str, port: int) -> bool:
+    """Nothing listens there. SO_REUSEADDR as gunicorn binds: closed connections in TIME_WAIT do not count."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -122,23 +123,21 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def prepare(registry: Any, group: str, version: int | None, name: str | None = None) -> dict[str, Any]:
-    """Everything before serving: choose, extract, check the handlers load it. Returns the endpoint record."""
+def prepare_model(record: dict[str, Any], folder: Path) -> Path:
+    """Extract a version's model.tar.gz into ``folder/models/v<N>`` and check the handlers can load it."""
     from mlops.serve.server import check_model_dir  # imports torch: only when a model is deployed
 
-    record = choose_version(registry, group, version)
-    name = name or group
-    model_dir = extract_model(model_data_path(record), endpoint_dir(name) / "models" / f"v{record['ModelPackageVersion']}")
+    version = record["ModelPackageVersion"]
+    model_dir = extract_model(model_data_path(record), folder / "models" / f"v{version}")
     try:
         check_model_dir(model_dir)
     except (OSError, ValueError, TypeError) as exc:
-        raise DeployError(f"model version {record['ModelPackageVersion']} is not servable: {exc}") from exc
-    return {"EndpointName": name, "ModelPackageGroupName": group, "ModelPackageVersion": record["ModelPackageVersion"],
-            "ModelPackageArn": record["ModelPackageArn"], "ModelDir": str(model_dir)}
+        raise DeployError(f"model version {version} is not servable: {exc}") from exc
+    return model_dir
 
 
-def _write_state(endpoint: dict[str, Any]) -> Path:
-    return atomic_write_json(endpoint_dir(endpoint["EndpointName"]) / "endpoint.json", endpoint)
+def write_state(folder: Path, state: dict[str, Any]) -> Path:
+    return atomic_write_json(folder / "endpoint.json", state)
 
 
 def read_state(name: str) -> dict[str, Any] | None:
@@ -150,71 +149,60 @@ def wait_ready(url: str, timeout: float = READY_TIMEOUT_S, process: subprocess.P
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise DeployError(f"the endpoint exited with status {process.returncode} before answering /ping")
+            raise DeployError(f"the server exited with status {process.returncode} before answering /ping")
         with contextlib.suppress(OSError, urllib.error.URLError), urllib.request.urlopen(url, timeout=2) as response:
             if response.status == 200:
                 return
-        time.sleep(0.2)
+        time.sleep(0.1)
     raise DeployError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def start(endpoint: dict[str, Any], host: str, port: int, workers: int | None, background: bool) -> dict[str, Any]:
-    """Serve the prepared model: foreground (blocks until Ctrl-C) or detached with a pidfile."""
-    from mlops.serve import server  # imports torch: only when a model is served
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now, for a model server behind the endpoint's router."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
-    if not port_free(host, port):
-        raise DeployError(f"{host}:{port} is already in use (an endpoint still running? `mlops deploy --stop`)")
-    folder = endpoint_dir(endpoint["EndpointName"])
-    pidfile = folder / "server.pid"
-    endpoint = {**endpoint, "Url": f"http://{host}:{port}/invocations", "Host": host, "Port": port,
-                "Workers": workers or server.default_workers(), "PidFile": str(pidfile),
-                "StartTime": datetime.now(UTC).isoformat()}
-    if not background:
-        _write_state(endpoint)
-        server.serve(endpoint["ModelDir"], host, port, workers, pidfile=str(pidfile))
-        return endpoint
-    log_path = folder / "server.log"
-    command = [sys.executable, "-m", "mlops.serve.server", "--model-dir", endpoint["ModelDir"], "--host", host,
-               "--port", str(port), "--pidfile", str(pidfile)]
-    if workers:
-        command += ["--workers", str(workers)]
-    root = Path(__file__).resolve().parents[2]  # the project, so `-m mlops.serve.server` imports without install
+
+def project_env() -> tuple[Path, dict[str, str]]:
+    """The project root and an environment in which ``python -m mlops...`` imports without an install."""
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    return root, env
+
+
+def spawn(command: list[str], log_path: Path) -> subprocess.Popen:
+    """Start a detached server process (own session: it outlives this command) logging to ``log_path``."""
+    root, env = project_env()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, env=env, cwd=root)
-    try:
-        wait_ready(f"http://{host}:{port}/ping", process=process)
-    except DeployError as exc:
-        with contextlib.suppress(ProcessLookupError):
-            process.terminate()
-        tail = log_path.read_text(errors="replace")[-2000:]
-        raise DeployError(f"{exc}; last lines of {log_path}:\n{tail}") from None
-    endpoint["Pid"] = process.pid
-    endpoint["Log"] = str(log_path)
-    _write_state(endpoint)
-    return endpoint
+        return subprocess.Popen([sys.executable, *command], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env, cwd=root)
 
 
-def _is_our_server(pid: int) -> bool:
+def is_process(pid: int | None, module: str) -> bool:
+    """True when ``pid`` is alive and runs ``python -m <module>`` (never signal a recycled pid)."""
+    if not pid:
+        return False
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes().split(b"\0")
+        status = Path(f"/proc/{int(pid)}/status").read_text()
     except OSError:
         return False
-    return b"mlops.serve.server" in cmdline
+    if "\nState:\tZ" in status:  # exited, not yet reaped by its parent
+        return False
+    return module.encode() in cmdline
 
 
-def stop(name: str, timeout: float = 20.0) -> int | None:
-    """Stop the background endpoint ``name`` (SIGTERM to the gunicorn master it recorded). Returns its pid."""
-    pidfile = endpoint_dir(name) / "server.pid"
-    state = read_state(name) or {}
-    pid = int(pidfile.read_text().strip()) if pidfile.is_file() else state.get("Pid")
-    if not pid or not _is_our_server(int(pid)):
-        return None
+def terminate(pid: int | None, module: str, timeout: float = 30.0) -> bool:
+    """SIGTERM (gunicorn: finish in-flight requests, then exit), SIGKILL after ``timeout`` like SageMaker."""
+    if not is_process(pid, module):
+        return False
     os.kill(int(pid), signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _is_our_server(int(pid)):
-        time.sleep(0.1)
-    if _is_our_server(int(pid)):
-        raise DeployError(f"endpoint {name} (pid {pid}) did not stop within {timeout:.0f} s")
-    return int(pid)
+    while time.monotonic() < deadline and is_process(pid, module):
+        time.sleep(0.05)
+    if is_process(pid, module):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(int(pid), signal.SIGKILL)
+    return True

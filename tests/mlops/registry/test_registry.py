@@ -9,7 +9,7 @@ import pytest
 
 from mlops import store
 from mlops.registry import APPROVED, PENDING, REJECTED, LocalRegistry, RegistryError, SageMakerRegistry
-from mlops.registry.base import check_transition
+from mlops.registry.base import check_transition, promotion_problems
 from tests.helpers.registry import EVAL_URI, EVALUATION, GROUP, make_request
 from training.atomic import atomic_write_json
 
@@ -193,3 +193,52 @@ def test_sagemaker_and_local_records_have_the_same_shape(sagemaker, local):
         [(h["Status"], h["By"], h["Comment"]) for h in b["ApprovalHistory"]]
     assert [r["ModelPackageVersion"] for r in sagemaker.list_model_packages(status=APPROVED)] == [1]
     assert sagemaker.latest_approved(GROUP)["ModelPackageVersion"] == 1
+
+
+# -- the deploy stage's audit trails: smoke tests and gate decisions ----------------------------------------------
+
+def _promotion_trail(registry) -> dict:
+    v = registry.create_model_package(make_request())["ModelPackageVersion"]
+    registry.approve(GROUP, v, approver="alice", comment="ok")
+    with pytest.raises(RegistryError, match="has not been smoke-tested on staging"):
+        registry.decide_gate(GROUP, "prod", APPROVED, "too early", v, "carol")
+    with pytest.raises(RegistryError, match="needs a --comment"):
+        registry.decide_gate(GROUP, "prod", REJECTED, "  ", v, "carol")
+    registry.record_smoke_test(GROUP, v, "staging", False, "59/60 right", endpoint="e-staging", by="ci")
+    problems = promotion_problems(registry.describe_model_package(GROUP, v), "prod")
+    assert "failed staging's smoke test" in problems[0] and "gate is not approved" in problems[1]
+    registry.record_smoke_test(GROUP, v, "staging", True, "60/60 right", endpoint="e-staging", by="ci")
+    registry.decide_gate(GROUP, "prod", REJECTED, "wait for Monday", None, "carol")  # default: newest that passed
+    with pytest.raises(RegistryError, match="gate was Rejected by carol"):
+        registry.check_promotable(registry.describe_model_package(GROUP, v), "prod")
+    record = registry.decide_gate(GROUP, "prod", APPROVED, "Monday: ship it", v, "dave")
+    registry.check_promotable(record, "prod")
+    return record
+
+
+def test_local_smoke_tests_and_gate_decisions(local):
+    record = _promotion_trail(local)
+    assert [(t["Stage"], t["Result"], t["By"]) for t in record["SmokeTests"]] == \
+        [("staging", "Failed", "ci"), ("staging", "Passed", "ci")]
+    assert [(g["Decision"], g["By"], g["Comment"]) for g in record["GateHistory"]] == \
+        [("Rejected", "carol", "wait for Monday"), ("Approved", "dave", "Monday: ship it")]
+    local.reject(GROUP, 1, approver="erin", comment="found a bug")  # the registry decision still rules
+    with pytest.raises(RegistryError, match="is Rejected, not Approved"):
+        local.check_promotable(local.describe_model_package(GROUP, 1), "prod")
+
+
+def test_sagemaker_trails_live_in_the_bucket_not_on_the_package(sagemaker, monkeypatch):
+    sagemaker.create_model_package(make_request())
+    with pytest.raises(RegistryError, match="needs the artifact bucket"):  # no MLOPS_BUCKET here
+        sagemaker.record_smoke_test(GROUP, 1, "staging", True, "60/60 right")
+    sagemaker.audit_uri = "s3://mlops-bucket/deploy-audit/"
+    record = _promotion_trail(sagemaker)
+    assert record["ModelPackageVersion"] == 2
+    assert [g["Comment"] for g in record["GateHistory"]] == ["wait for Monday", "Monday: ship it"]  # in full
+    assert not any(k.startswith(("mlops.smoke", "mlops.gate"))
+                   for k in record["CustomerMetadataProperties"])  # no UpdateModelPackage: no state-change event
+    import boto3
+
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="mlops-bucket",
+                                                                  Prefix="deploy-audit/")["Contents"]]
+    assert len(keys) == 4 and all(k.startswith(f"deploy-audit/{GROUP}/2/") for k in keys)

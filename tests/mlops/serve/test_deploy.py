@@ -1,4 +1,5 @@
-"""`mlops deploy --target local` and `mlops invoke`: only Approved versions, safe extraction, a real server."""
+"""`mlops deploy --target local` (no --stage: the staging endpoint) and `mlops invoke`: only Approved versions,
+safe extraction, a real server."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tests.helpers.registry import EVAL_URI, EVALUATION, make_request
 from training.atomic import atomic_write_json
 
 GROUP = "image-classification"
+STAGING = f"{GROUP}-staging"
 MODEL_URI = "s3://mlops-local/executions/e1/TrainCNN/output/model.tar.gz"
 
 
@@ -68,9 +70,9 @@ def test_approve_deploy_invoke_right_class_then_stop(home, tmp_path):
     started = mlops("deploy", "--target", "local", "--port", str(port), "--workers", "2", "--background")
     assert started.exit_code == 0, started.output
     try:
-        state = deploy.read_state(GROUP)
-        assert state["ModelPackageVersion"] == 1 and state["Port"] == port
-        assert (home / "endpoints" / GROUP / "models" / "v1" / "code" / "inference.py").is_file()
+        state = deploy.read_state(STAGING)
+        assert state["ModelPackageVersion"] == 1 and state["Port"] == port and state["Stage"] == "staging"
+        assert (home / "endpoints" / STAGING / "models" / "v1" / "code" / "inference.py").is_file()
         images, labels = load_mnist("test", 12)
         hits = 0
         for image, label in zip(images, labels, strict=True):
@@ -85,7 +87,9 @@ def test_approve_deploy_invoke_right_class_then_stop(home, tmp_path):
         bad.write_bytes(b"not a png")
         refused = mlops("invoke", "--file", str(bad), "--url", f"http://127.0.0.1:{port}/invocations")
         assert refused.exit_code == 1 and "answered 400" in refused.output
-        busy = mlops("deploy", "--target", "local", "--port", str(port))
+        again = mlops("deploy", "--target", "local", "--background")
+        assert again.exit_code == 0 and "already serves version 1: nothing to do" in again.output
+        busy = mlops("deploy", "--target", "local", "--port", str(port), "--name", "another-endpoint")
         assert busy.exit_code == 1 and "already in use" in busy.output
     finally:
         stopped = mlops("deploy", "--stop")
@@ -138,9 +142,46 @@ def test_unsafe_or_broken_archives_are_refused(home, tmp_path, name, add, messag
     version = register(_tar_with(tmp_path, name, add))
     LocalRegistry().approve(GROUP, version, approver="x")
     with pytest.raises(deploy.DeployError, match=message):
-        deploy.prepare(LocalRegistry(), GROUP, version)
+        deploy.prepare_model(deploy.choose_version(LocalRegistry(), GROUP, version), deploy.endpoint_dir(GROUP))
     assert not (tmp_path / "escaped.txt").exists() and not (home.parent / "escaped.txt").exists()
     assert not Path("/tmp/mlops-abs-evil.txt").exists()
     models = home / "endpoints" / GROUP / "models"
     leftovers = [p.name for p in models.iterdir()] if models.exists() else []
     assert all(not n.startswith(".") for n in leftovers), leftovers  # no staging folder survives
+
+
+@pytest.mark.slow
+def test_foreground_deploy_serves_until_sigterm_then_stops_everything(home, tmp_path):
+    """`mlops deploy --target local` without --background, as before: it serves until stopped, and leaves nothing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import ROOT
+
+    LocalRegistry().approve(GROUP, 1, approver="erin")
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "mlops"), "deploy", "--target", "local", "--port", str(port),
+               "--workers", "1"]
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (deploy.read_state(STAGING) or {}).get("Status") != "InService":
+            assert process.poll() is None, process.stdout.read()
+            time.sleep(0.2)
+        state = deploy.read_state(STAGING)
+        assert state["Port"] == port
+        png = tmp_path / "digit.png"
+        png.write_bytes(digit_png(load_mnist("test", 1)[0][0]))
+        assert mlops("invoke", "--file", str(png), "--url", state["Url"]).exit_code == 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "Ctrl-C stops" in output
+    assert deploy.read_state(STAGING)["Status"] == "Stopped"
+    assert not deploy.is_process(state["RouterPid"], "mlops.serve.router")
+    assert not deploy.is_process(state["Backend"]["Pid"], "mlops.serve.server")
