@@ -25,6 +25,13 @@ INSTALL_REQUIRES = [
     "PyYAML>=6.0",
     "Jinja2>=3.1",
     "protobuf>=3.20",
+    # The training images' own launchers, run by the local executor (mlops.local.containers):
+    # sagemaker-training + the PyTorch image's entry point; sagemaker-containers 2.8.6 (the XGBoost image's
+    # launcher) is installed by scripts/bootstrap.sh with --no-deps, and needs flask besides what these bring.
+    "sagemaker-training==5.1.4",
+    "sagemaker-pytorch-training==3.0.0",
+    "inotify_simple==1.2.1",
+    "flask>=2.2",
 ]
 
 DEV_REQUIRES = [
