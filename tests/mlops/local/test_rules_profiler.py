@@ -1,7 +1,9 @@
 """Debugger rules, the profiler and the Hyperband tuner, on real smdebug trials written by real jobs.
 
 The rules must be able to fail: a saturated network triggers VanishingGradient, a tiny training set trained
-for many epochs triggers Overfit, and a healthy run triggers none.
+for many epochs triggers Overfit, a second layer initialised 100 times too small triggers
+PoorWeightInitialization, a learning rate of 0 triggers LossNotDecreasing, memorised random labels trigger
+Overtraining, and a healthy run triggers none.
 """
 
 from __future__ import annotations
@@ -123,6 +125,64 @@ def test_saturated_activations_trigger_vanishing_gradient_and_its_stop_action(tm
     crowded = RuleRunner(tmp_path / "output" / "tensors", train_cnn_args["DebugRuleConfigurations"], JOB,
                          in_progress=lambda: [JOB, "pipelines-otherexec-TrainXGBoost-a1"])
     assert crowded.poll(final=True) == []  # smdebug stops only a unique match
+
+
+BUILT_TO_TRIGGER = textwrap.dedent("""
+    import sys, torch
+    import torch.nn.functional as F
+    from torch import nn
+    sys.path.insert(0, sys.argv[1])
+    from training.debugger import session_from_env
+    kind = sys.argv[2]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+    loss_fn = nn.CrossEntropyLoss()
+    session = session_from_env()
+    session.attach(model, loss_fn)
+    x_train, y_train = torch.randn(128, 1, 8, 8), torch.randint(0, 10, (128,))
+    x_val, y_val = torch.randn(128, 1, 8, 8), torch.randint(0, 10, (128,))
+    if kind == "poor-init":
+        # The second layer starts 100 times too small: its ReLU inputs have 1e-4 times the first layer's variance.
+        with torch.no_grad():
+            model[3].weight.mul_(0.01)
+            model[3].bias.zero_()
+        optimizer, epochs, validate = torch.optim.SGD(model.parameters(), lr=1e-4), 3, False
+    elif kind == "flat-loss":
+        optimizer, epochs, validate = torch.optim.SGD(model.parameters(), lr=0.0), 15, False  # nothing is learnt
+    else:  # "overtrain": random labels, memorised; the validation loss only grows
+        optimizer, epochs, validate = torch.optim.Adam(model.parameters(), lr=0.01), 40, True
+    for epoch in range(epochs):
+        model.train()
+        session.set_mode("train")
+        for start in range(0, 128, 32):
+            optimizer.zero_grad()
+            loss_fn(model(x_train[start:start + 32]), y_train[start:start + 32]).backward()
+            optimizer.step()
+            session.step()
+        if validate:
+            model.eval()
+            session.set_mode("eval")
+            with torch.no_grad():
+                session.record_validation(float(F.cross_entropy(model(x_val), y_val)))
+    session.close()
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, rule, detail", [
+    ("poor-init", "PoorWeightInitialization", "variance of ReLU inputs"),
+    ("flat-loss", "LossNotDecreasing", "diff_percent"),
+    ("overtrain", "Overtraining", "has not improved"),
+])
+def test_a_run_built_to_trigger_a_rule_triggers_it(tmp_path, train_cnn_args, kind, rule, detail):
+    env = {**os.environ, **_configure(tmp_path, train_cnn_args)}
+    result = subprocess.run([sys.executable, "-c", BUILT_TO_TRIGGER, str(ROOT), kind], env=env, capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    statuses = _statuses(tmp_path, train_cnn_args)
+    assert statuses[rule]["RuleEvaluationStatus"] == "IssuesFound", statuses
+    assert detail in statuses[rule]["StatusDetails"] and "at step" in statuses[rule]["StatusDetails"]
+    assert statuses["VanishingGradient"]["RuleEvaluationStatus"] == "NoIssuesFound", statuses
 
 
 def test_rules_without_data_report_error(tmp_path, train_cnn_args):
