@@ -356,13 +356,15 @@ def _from_npy(body: bytes) -> Batch:
 def _from_csv(body: bytes) -> Batch:
     try:
         text = body.decode("utf-8")
-        rows = [row for row in csv.reader(io.StringIO(text)) if row]
+        rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
         widths = {len(row) for row in rows}
         if len(widths) > 1:
             raise InferenceError(400, f"text/csv: rows have different lengths {sorted(widths)}; expected 784 each")
         array = np.array(rows, dtype=np.float32)
     except UnicodeDecodeError:
         raise InferenceError(400, "text/csv body is not UTF-8 text") from None
+    except csv.Error as exc:
+        raise InferenceError(400, f"text/csv: malformed CSV (expected rows of 784 numbers): {exc}") from None
     except ValueError as exc:
         raise InferenceError(400, f"text/csv: non-numeric value: {exc}") from None
     if array.ndim != 2 or array.shape[1] != 784:

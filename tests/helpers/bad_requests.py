@@ -92,3 +92,8 @@ BAD_INPUTS += [
     ("image type gif", b"GIF89a\x01\x00\x01\x00", "image/gif", 415),
     ("webp undecodable", b"RIFF\x10\x00\x00\x00WEBPVP8 nope", "image/webp", 400),
 ]
+BAD_INPUTS += [
+    ("csv stray carriage return", b"1,\x12\n\r,145", "text/csv", 400),  # csv.Error, found by the fuzzer
+    ("npy header unterminated", b"\x93NUMPY\x01\x00v\x00\x00'descr': '|u1', 'shape': (28, 28), }" + b" " * 60 + b"\n",
+     "application/x-npy", 400),  # tokenize.TokenError, found by the fuzzer
+]
