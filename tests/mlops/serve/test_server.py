@@ -264,3 +264,33 @@ def test_batched_server_answers_like_one_request_at_a_time(model_dir, digits):
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def test_worker_rss_stays_flat_through_the_bad_input_corpus(model_dir, digits):
+    """Refusals must not leak: after a warm-up pass, 4 more passes of the corpus grow the worker's RSS < 10%."""
+    import psutil
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "mlops.serve.server", "--model-dir", str(model_dir), "--port",
+                                str(port), "--workers", "1"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_ping(port, process)
+        (worker,) = psutil.Process(process.pid).children()
+
+        def one_pass() -> None:
+            for name, body, content_type, status in BAD_INPUTS:
+                got, _ = request(port, "POST", "/invocations", body, {"Content-Type": content_type} if content_type
+                                 else {})
+                assert got == status, name
+            good_request_works(port, digits)
+
+        one_pass()
+        before = worker.memory_info().rss
+        for _ in range(4):
+            one_pass()
+        after = worker.memory_info().rss
+        assert after < before * 1.10, (before, after)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
