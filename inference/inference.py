@@ -479,7 +479,7 @@ def _ink(image: Image.Image) -> np.ndarray:
         background = 0.0 if stroke > 127.5 else 255.0
         ink = alpha * np.abs(gray - background)
         peak = float(ink.max(initial=0))
-        return ink * (255.0 / peak) if peak > 0 else ink
+        return np.clip(ink * (255.0 / peak), 0, 255) if peak > 0 else ink  # rounding can overshoot 255
     if alpha is not None:
         gray = alpha * gray + (1.0 - alpha) * 255.0
     if _median(_border(gray)) > 127:

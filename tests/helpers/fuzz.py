@@ -26,9 +26,9 @@ def check(body: bytes, content_type: str | None) -> str:
         assert 400 <= exc.status_code < 500 and exc.message, (exc.status_code, exc.message)
         return str(exc.status_code)
     pixels = batch.pixels
-    assert pixels.ndim == 3 and pixels.shape[1:] == (28, 28) and 1 <= len(pixels) <= h.MAX_BATCH
-    assert pixels.dtype == np.float32 and np.isfinite(pixels).all()
-    assert float(pixels.min()) >= 0 and float(pixels.max()) <= 255
+    assert pixels.ndim == 3 and pixels.shape[1:] == (28, 28) and 1 <= len(pixels) <= h.MAX_BATCH, pixels.shape
+    assert pixels.dtype == np.float32 and np.isfinite(pixels).all(), pixels.dtype
+    assert float(pixels.min()) >= 0 and float(pixels.max()) <= 255, (float(pixels.min()), float(pixels.max()))
     return "ok"
 
 
