@@ -37,6 +37,7 @@ INSTALL_REQUIRES = [
 DEV_REQUIRES = [
     "pytest>=8.0",
     "pytest-timeout>=2.3",
+    "hypothesis==6.170.15",  # fuzzing the inference handlers (tests/inference/test_fuzz.py, benchmarks/bench_fuzz.py)
     "moto[s3,sagemaker,iam,sts,cloudformation,events]==5.2.5",
     "ruff>=0.6",
     "requests>=2.31",

@@ -52,8 +52,13 @@ CONFIG_FILE = "model_config.json"
 TORCH_WEIGHTS = "model.pth"
 XGBOOST_MODEL = "xgboost-model.json"
 JSON_TYPE = "application/json"
-IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG"}
-SUPPORTED_TYPES = ("application/json", "application/x-npy", "text/csv", "image/png", "image/jpeg")
+MAX_JSON_DEPTH = 8  # {"instances": [batch [rows [pixels]]]} is 4 deep; deeper is never an image
+MAX_JSON_ELEMENTS = MAX_BATCH * (784 + 28 + 1) + 16  # numbers and lists in the largest valid batch
+# Pillow format per media type; Pillow must read the format (WebP needs libwebp, TIFF libtiff for some codecs).
+IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP",
+               "image/bmp": "BMP", "image/x-ms-bmp": "BMP", "image/tiff": "TIFF"}
+SUPPORTED_TYPES = ("application/json", "application/x-npy", "text/csv", "image/png", "image/jpeg", "image/webp",
+                   "image/bmp", "image/tiff")
 
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Pillow's own guard, for any other decoding path
 # Pillow warns just above the limit; _from_image refuses those images itself (413), so the warning is noise.
@@ -249,7 +254,47 @@ def _as_batch(array: np.ndarray, what: str) -> Batch:
     return Batch(images, single)
 
 
+def _json_structure(body: bytes) -> tuple[int, int]:
+    """(nesting depth, separators) of a JSON text outside its strings, counted without parsing it.
+
+    Vectorised so a 6 MB body costs milliseconds; lets a 10,000-deep or 3-million-element body be refused
+    before the parser recurses or allocates. Escapes are dropped first (a backslash outside a string is
+    invalid JSON anyway, so that cannot hide a bracket).
+    """
+    text = np.frombuffer(body.replace(b"\\\\", b"").replace(b'\\"', b""), dtype=np.uint8)
+    outside = (np.cumsum(text == ord('"')) % 2) == 0
+    step = np.zeros(len(text), dtype=np.int32)
+    step[(text == ord("[")) | (text == ord("{"))] = 1
+    step[(text == ord("]")) | (text == ord("}"))] = -1
+    step[~outside] = 0
+    depth = int(np.cumsum(step).max(initial=0))
+    separators = int(np.count_nonzero(outside & (text == ord(","))))
+    return depth, separators
+
+
+_NUMBERS_ONLY = object()
+
+
+def _first_non_number(obj: Any) -> Any:
+    """The first leaf that is not a JSON number (bools and null count as not numbers), else _NUMBERS_ONLY."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, bool) or not isinstance(item, (int, float)):
+            return item
+    return _NUMBERS_ONLY
+
+
 def _from_json(body: bytes) -> Batch:
+    depth, separators = _json_structure(body)
+    if depth > MAX_JSON_DEPTH:
+        raise InferenceError(400, f"application/json: nested {depth} levels deep; expected at most {MAX_JSON_DEPTH} "
+                                  "(an image is 28x28 nested lists, a batch one more level)")
+    if separators + 1 > MAX_JSON_ELEMENTS:
+        raise InferenceError(413, f"application/json: {separators + 1} elements exceeds the limit of "
+                                  f"{MAX_JSON_ELEMENTS} ({MAX_BATCH} images of 28x28 numbers)")
     try:
         obj = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -257,37 +302,69 @@ def _from_json(body: bytes) -> Batch:
     if isinstance(obj, dict):
         key = next((k for k in ("instances", "inputs", "image", "images") if k in obj), None)
         if key is None:
-            raise InferenceError(400, "application/json object needs one of the keys instances, inputs, image")
+            raise InferenceError(400, "application/json object needs one of the keys instances, inputs, image, "
+                                      f"images; got keys {sorted(obj)[:5]}")
         obj = obj[key]
+    bad = _first_non_number(obj)
+    if bad is not _NUMBERS_ONLY:
+        kind = {str: "string", bool: "boolean", dict: "object", type(None): "null"}.get(type(bad), type(bad).__name__)
+        raise InferenceError(400, f"application/json: pixel values must be JSON numbers 0..255, got a {kind} "
+                                  f"({json.dumps(bad)[:40]})")
     try:
         array = np.asarray(obj, dtype=np.float32)
     except (ValueError, TypeError):
-        raise InferenceError(400, "application/json: expected nested lists of numbers with a regular shape") from None
+        raise InferenceError(400, "application/json: expected nested lists of numbers with a regular shape "
+                                  "(28x28, 784, or a batch of those)") from None
     return _as_batch(array, "application/json")
 
 
+def _npy_header(body: bytes) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) from a .npy header, read without touching the data."""
+    stream = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version in ((2, 0), (3, 0)):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unknown .npy version {version}")
+    except Exception as exc:  # noqa: BLE001 - numpy parses the header with ast/tokenize: any error means "bad header"
+        raise InferenceError(400, f"application/x-npy: not a .npy file (expected numpy.save output): {exc}") from None
+    return tuple(int(d) for d in shape), dtype, stream.tell()
+
+
 def _from_npy(body: bytes) -> Batch:
+    shape, dtype, offset = _npy_header(body)
+    if dtype.hasobject:
+        raise InferenceError(400, f"application/x-npy: dtype {dtype} holds Python objects (pickles are refused); "
+                                  "expected a numeric dtype")
+    declared = math.prod(shape) * dtype.itemsize  # Python ints: no overflow for absurd shapes
+    if declared > MAX_BODY_BYTES:
+        raise InferenceError(413, f"application/x-npy: header declares shape {shape} of {dtype} = {declared} bytes, "
+                                  f"over the payload limit of {MAX_BODY_BYTES}")
+    if declared != len(body) - offset:
+        raise InferenceError(400, f"application/x-npy: header declares {declared} bytes of data (shape {shape}, "
+                                  f"{dtype}) but {len(body) - offset} follow it")
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
-    except ValueError as exc:
+    except Exception as exc:  # noqa: BLE001 - the header was checked; anything left is a malformed file
         raise InferenceError(400, f"application/x-npy: cannot load array without pickle: {exc}") from None
-    except (OSError, EOFError) as exc:
-        raise InferenceError(400, f"application/x-npy: not a .npy file: {exc}") from None
-    if not isinstance(array, np.ndarray):
-        raise InferenceError(400, "application/x-npy: expected one array (.npy), not an archive (.npz)")
     return _as_batch(array, "application/x-npy")
 
 
 def _from_csv(body: bytes) -> Batch:
     try:
         text = body.decode("utf-8")
-        rows = [row for row in csv.reader(io.StringIO(text)) if row]
+        rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
         widths = {len(row) for row in rows}
         if len(widths) > 1:
             raise InferenceError(400, f"text/csv: rows have different lengths {sorted(widths)}; expected 784 each")
         array = np.array(rows, dtype=np.float32)
     except UnicodeDecodeError:
         raise InferenceError(400, "text/csv body is not UTF-8 text") from None
+    except csv.Error as exc:
+        raise InferenceError(400, f"text/csv: malformed CSV (expected rows of 784 numbers): {exc}") from None
     except ValueError as exc:
         raise InferenceError(400, f"text/csv: non-numeric value: {exc}") from None
     if array.ndim != 2 or array.shape[1] != 784:
@@ -324,7 +401,56 @@ def _mnist_layout(gray: np.ndarray) -> np.ndarray:
     return canvas
 
 
+def _open_image(body: bytes, media_type: str) -> Image.Image:
+    """Parse the header, refuse too many pixels, then decode (the first frame of an animation)."""
+    expected = IMAGE_TYPES[media_type]
+    try:
+        image = Image.open(io.BytesIO(body), formats=[expected])  # parses the header only
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise InferenceError(413, f"{media_type}: {width}x{height} pixels exceeds the limit of "
+                                      f"{MAX_IMAGE_PIXELS} pixels (decompression bomb guard)")
+        if expected == "JPEG" and min(width, height) > 512 and image.mode in ("L", "RGB"):
+            image.draft(image.mode, (256, 256))  # JPEG decodes at 1/2..1/8 scale: big photos stay cheap
+        image.load()
+        if expected == "JPEG":
+            image = ImageOps.exif_transpose(image)  # phone photos carry their rotation in EXIF
+    except InferenceError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InferenceError(413, f"{media_type}: refused as a decompression bomb: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for corrupt data; all mean "bad image"
+        raise InferenceError(400, f"{media_type}: cannot decode the image as {expected}: {exc}") from None
+    return image
+
+
+def _luminance(image: Image.Image) -> np.ndarray:
+    """Grey levels 0..255 (float32) of an image without alpha, whatever its mode and bit depth."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float32)
+        if image.mode != "I" or float(values.max(initial=0)) > 255:  # 16-bit samples: 65535 is white
+            values = values / 257.0
+        return np.clip(values, 0, 255)
+    if image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        return np.clip(values * 255.0 if float(values.max(initial=0)) <= 1.0 else values, 0, 255)
+    if image.mode != "L":
+        image = image.convert("L")  # RGB, CMYK, YCbCr, P, 1: ITU-R 601 luma
+    return np.asarray(image, dtype=np.float32)
+
+
+def _alpha(image: Image.Image) -> tuple[Image.Image, np.ndarray | None]:
+    """Split off the alpha channel (0..1), if the image has one or a palette/colour-key transparency."""
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
+    if not has_alpha:
+        return image, None
+    rgba = image.convert("RGBA")
+    return rgba.convert("RGB"), np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
+
+
 def _border(gray: np.ndarray) -> np.ndarray:
+    if min(gray.shape) <= 2:
+        return gray.reshape(-1)
     return np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
 
 
@@ -335,37 +461,37 @@ def _median(values: np.ndarray) -> float:
     return float(np.partition(values, middle)[middle])
 
 
-def _from_image(body: bytes, media_type: str) -> Batch:
-    expected = IMAGE_TYPES[media_type]
-    try:
-        image = Image.open(io.BytesIO(body), formats=[expected])  # parses the header only
-        width, height = image.size
-        if width * height > MAX_IMAGE_PIXELS:
-            raise InferenceError(413, f"{media_type}: {width}x{height} pixels exceeds the limit of "
-                                      f"{MAX_IMAGE_PIXELS} (decompression bomb guard)")
-        if expected == "JPEG" and min(width, height) > 512:
-            image.draft("L", (256, 256))  # JPEG decodes at 1/2..1/8 scale: big photos stay cheap
-        image.load()
-    except InferenceError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise InferenceError(413, f"{media_type}: refused as a decompression bomb: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for corrupt data; all mean "bad image"
-        raise InferenceError(400, f"{media_type}: cannot decode the image as {expected}: {exc}") from None
-    if expected == "JPEG":
-        image = ImageOps.exif_transpose(image)  # phone photos carry their rotation in EXIF
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # drawn digits: ink on transparent
-        image = Image.alpha_composite(background, rgba)
-    if image.mode != "L":
-        image = image.convert("L")
-    gray = np.frombuffer(image.tobytes(), dtype=np.uint8).reshape(image.height, image.width).astype(np.float32)
-    if _median(_border(gray) if min(gray.shape) > 1 else gray) > 127:
+def _ink(image: Image.Image) -> np.ndarray:
+    """MNIST polarity (white ink on black, 0..255) for any mode, bit depth and kind of transparency.
+
+    A transparent background (the border mostly transparent, as canvas and drawing apps export) holds no
+    colour of its own: the stroke is what is opaque, in any colour. The image is composited onto the
+    background the stroke is not (black for a light stroke, white for a dark one) and the ink is the distance
+    from that background, so semi-transparent anti-aliased edges become grey edges as in MNIST. An image whose
+    border is opaque is composited onto white (its transparent holes are paper) and its polarity decided from
+    the border, like an image without alpha.
+    """
+    colour, alpha = _alpha(image)
+    gray = _luminance(colour)
+    if alpha is not None and _median(_border(alpha)) < 0.5:
+        weight = float(alpha.sum())
+        stroke = float((gray * alpha).sum() / weight) if weight else 255.0
+        background = 0.0 if stroke > 127.5 else 255.0
+        ink = alpha * np.abs(gray - background)
+        peak = float(ink.max(initial=0))
+        return np.clip(ink * (255.0 / peak), 0, 255) if peak > 0 else ink  # rounding can overshoot 255
+    if alpha is not None:
+        gray = alpha * gray + (1.0 - alpha) * 255.0
+    if _median(_border(gray)) > 127:
         gray = 255.0 - gray  # MNIST polarity: white digit on black
+    return gray
+
+
+def _from_image(body: bytes, media_type: str) -> Batch:
+    gray = _ink(_open_image(body, media_type)).astype(np.float32, copy=False)
     if gray.shape != (28, 28):
         gray = _mnist_layout(gray)
-    return Batch(gray.reshape(1, 28, 28), True)
+    return Batch(np.ascontiguousarray(gray).reshape(1, 28, 28), True)
 
 
 def input_fn(request_body: bytes | str, content_type: str | None) -> Batch:
@@ -386,6 +512,9 @@ def input_fn(request_body: bytes | str, content_type: str | None) -> Batch:
         return _from_csv(body)
     if media_type in IMAGE_TYPES:
         return _from_image(body, media_type)
+    if media_type.startswith("image/"):
+        raise InferenceError(415, f"unsupported image type {content_type!r}; images are accepted as "
+                                  f"{', '.join(t for t in SUPPORTED_TYPES if t.startswith('image/'))}")
     raise InferenceError(415, f"unsupported content type {content_type!r}; expected one of {', '.join(SUPPORTED_TYPES)}")
 
 

@@ -24,11 +24,14 @@ from typing import Any
 import falcon
 
 from inference import inference as handlers
+from mlops.serve.batching import Batcher
 
 log = logging.getLogger("mlops.endpoint")
 DEFAULT_PORT = 8080
 DEFAULT_HOST = "127.0.0.1"
 DRAIN_FACTOR = 4
+DEFAULT_MAX_BATCH = 32  # images per forward pass when requests overlap (dynamic batching)
+DEFAULT_MAX_DELAY_MS = 0.0  # 0: never wait for company, batch only what queued while the model was busy
 
 
 def _error(resp: falcon.Response, status: int, message: str) -> None:
@@ -47,9 +50,11 @@ class Ping:
 
 
 class Invocations:
-    def __init__(self, model: handlers.LoadedModel, max_body: int = handlers.MAX_BODY_BYTES) -> None:
+    def __init__(self, model: handlers.LoadedModel, max_body: int = handlers.MAX_BODY_BYTES,
+                 batcher: Batcher | None = None) -> None:
         self.model = model
         self.max_body = max_body
+        self.batcher = batcher or Batcher(model.predict_proba, 1)
 
     @staticmethod
     def _stream(req: falcon.Request) -> Any:
@@ -86,7 +91,10 @@ class Invocations:
         try:
             body = self._read_body(req)
             data = handlers.input_fn(body, req.content_type)
-            prediction = handlers.predict_fn(data, self.model)
+            if data.pixels.shape[1:] != self.model.image_shape:
+                raise handlers.InferenceError(400, f"images of shape {data.pixels.shape[1:]} do not match the "
+                                                   f"model's {self.model.image_shape}")
+            prediction = handlers.Prediction(self.batcher.submit(data.pixels), self.model.class_names, data.single)
             text, content_type = handlers.output_fn(prediction, req.get_header("Accept"))
         except handlers.InferenceError as exc:
             log.info("%s %s -> %d %s", req.method, req.path, exc.status_code, exc.message)
@@ -107,8 +115,13 @@ def _serialize_http_error(req: falcon.Request, resp: falcon.Response, exc: falco
     _error(resp, int(exc.status_code), exc.title + (f": {exc.description}" if exc.description else ""))
 
 
-def create_app(model_dir: str | os.PathLike[str] | None = None, threads: int | None = None) -> falcon.App:
-    """The WSGI app for one worker: loads the model from ``model_dir`` (default $MLOPS_MODEL_DIR)."""
+def create_app(model_dir: str | os.PathLike[str] | None = None, threads: int | None = None,
+               max_batch: int | None = None, max_delay_ms: float | None = None) -> falcon.App:
+    """The WSGI app for one worker: loads the model from ``model_dir`` (default $MLOPS_MODEL_DIR).
+
+    ``max_batch`` / ``max_delay_ms`` (default $MLOPS_MAX_BATCH / $MLOPS_MAX_DELAY_MS) bound dynamic batching
+    of the worker's concurrent requests; max_batch=1 turns it off.
+    """
     model_dir = str(model_dir or os.environ.get("MLOPS_MODEL_DIR") or "")
     if not model_dir:
         raise RuntimeError("no model directory: pass model_dir or set MLOPS_MODEL_DIR")
@@ -119,11 +132,15 @@ def create_app(model_dir: str | os.PathLike[str] | None = None, threads: int | N
         torch.set_num_threads(threads)
     except ImportError:  # pragma: no cover - an XGBoost-only environment
         pass
+    max_batch = max_batch or int(os.environ.get("MLOPS_MAX_BATCH", DEFAULT_MAX_BATCH))
+    if max_delay_ms is None:
+        max_delay_ms = float(os.environ.get("MLOPS_MAX_DELAY_MS", DEFAULT_MAX_DELAY_MS))
     model = handlers.model_fn(model_dir)
+    batcher = Batcher(model.predict_proba, max_batch, max_delay_ms / 1000.0)
     app = falcon.App(media_type=falcon.MEDIA_JSON)
     app.req_options.strip_url_path_trailing_slash = True
     app.add_route("/ping", Ping(model))
-    app.add_route("/invocations", Invocations(model))
+    app.add_route("/invocations", Invocations(model, batcher=batcher))
     app.add_error_handler(Exception, _unexpected)
     app.set_error_serializer(_serialize_http_error)
     return app
@@ -146,11 +163,13 @@ def default_workers() -> int:
 def serve(model_dir: str | os.PathLike[str], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           workers: int | None = None, threads: int = 1, timeout: int = 30, pidfile: str | None = None,
           log_level: str = "warning", access_log: str | None = None, worker_class: str = "gthread",
-          connections: int = 4) -> None:
+          connections: int = 4, max_batch: int = DEFAULT_MAX_BATCH,
+          max_delay_ms: float = DEFAULT_MAX_DELAY_MS) -> None:
     """Run gunicorn in the foreground until SIGINT/SIGTERM (graceful: in-flight requests finish)."""
     from gunicorn.app.base import BaseApplication
 
     check_model_dir(model_dir)
+    Batcher(lambda x: x, max_batch, max_delay_ms / 1000.0)  # bounds checked here, before forking workers
     model_dir = str(Path(model_dir).resolve())
 
     class EndpointApplication(BaseApplication):
@@ -177,7 +196,7 @@ def serve(model_dir: str | os.PathLike[str], host: str = DEFAULT_HOST, port: int
                     self.cfg.set(key, value)
 
         def load(self) -> falcon.App:
-            return create_app(model_dir, threads)
+            return create_app(model_dir, threads, max_batch, max_delay_ms)
 
     os.environ["OMP_NUM_THREADS"] = str(threads)  # workers inherit it: no OpenMP oversubscription
     EndpointApplication().run()
@@ -194,12 +213,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="gthread: keep-alive connections, a few request threads per worker (default); "
                              "sync: one request per connection")
     parser.add_argument("--connections", type=int, default=4, help="gthread: connection threads per worker")
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                        help="dynamic batching: most images per forward pass (1..1024; 1 turns it off)")
+    parser.add_argument("--max-delay-ms", type=float, default=DEFAULT_MAX_DELAY_MS,
+                        help="dynamic batching: how long a request may wait for others (0..50 ms; default 0)")
     parser.add_argument("--pidfile", default=None)
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
     try:
         serve(args.model_dir, args.host, args.port, args.workers, args.threads, pidfile=args.pidfile,
-              log_level=args.log_level, worker_class=args.worker_class, connections=args.connections)
+              log_level=args.log_level, worker_class=args.worker_class, connections=args.connections,
+              max_batch=args.max_batch, max_delay_ms=args.max_delay_ms)
     except (FileNotFoundError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

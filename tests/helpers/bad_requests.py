@@ -67,3 +67,33 @@ BAD_INPUTS = [
     ("npy batch over limit", _npy(np.zeros((h.MAX_BATCH + 1, 784), np.uint8)), "application/x-npy", 413),
     ("npy complex", _npy(np.zeros((28, 28), np.complex64)), "application/x-npy", 400),
 ]
+
+
+def _npy_header_declaring(shape: tuple[int, ...], dtype: str = "<f8") -> bytes:
+    """A .npy whose header declares ``shape`` but carries only a few bytes: allocating it would take GiBs."""
+    header = repr({"descr": dtype, "fortran_order": False, "shape": shape}).encode()
+    header += b" " * (63 - (len(header) + 10) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\0" * 64
+
+
+BAD_INPUTS += [
+    ("json 10000 deep", b"[" * 10_000 + b"]" * 10_000, "application/json", 400),
+    ("json deep object", b'{"a":' * 5_000 + b"0" + b"}" * 5_000, "application/json", 400),
+    ("json too many elements", ("[" + ",".join(["0"] * (h.MAX_JSON_ELEMENTS + 1)) + "]").encode(),
+     "application/json", 413),
+    ("json numeric strings", json.dumps([["0", "255"] * 14] * 28).encode(), "application/json", 400),
+    ("json booleans", json.dumps([[True] * 28] * 28).encode(), "application/json", 400),
+    ("json nulls", json.dumps([None] * 784).encode(), "application/json", 400),
+    ("json scalar", b"7", "application/json", 400),
+    ("npy header declares 74.5 GiB", _npy_header_declaring((100_000, 100_000)), "application/x-npy", 413),
+    ("npy header declares more than sent", _npy_header_declaring((28, 28)), "application/x-npy", 400),
+    ("npy header overflowing shape", _npy_header_declaring((2**62, 2**62)), "application/x-npy", 413),
+    ("npy object dtype header", _npy_header_declaring((28, 28), "|O"), "application/x-npy", 400),
+    ("image type gif", b"GIF89a\x01\x00\x01\x00", "image/gif", 415),
+    ("webp undecodable", b"RIFF\x10\x00\x00\x00WEBPVP8 nope", "image/webp", 400),
+]
+BAD_INPUTS += [
+    ("csv stray carriage return", b"1,\x12\n\r,145", "text/csv", 400),  # csv.Error, found by the fuzzer
+    ("npy header unterminated", b"\x93NUMPY\x01\x00v\x00\x00'descr': '|u1', 'shape': (28, 28), }" + b" " * 60 + b"\n",
+     "application/x-npy", 400),  # tokenize.TokenError, found by the fuzzer
+]

@@ -205,3 +205,24 @@ def test_torchscript_and_eager_give_the_same_answers(cnn_dir, cnn, mnist, monkey
     images = mnist[0][:8].astype(np.float32)
     for batch in (images[:1], images):
         assert np.allclose(eager.predict_proba(batch), cnn.predict_proba(batch), atol=1e-5)
+
+
+@pytest.mark.parametrize(("grid", "kind"), [([["0", "255"] * 14] * 28, "string"), ([[True] * 28] * 28, "boolean"),
+                                            ([None] * 784, "null"), ([[{"v": 1}] * 28] * 28, "object")])
+def test_json_values_that_are_not_numbers_are_named(grid, kind):
+    with pytest.raises(h.InferenceError) as info:
+        h.input_fn(json.dumps(grid), "application/json")
+    assert info.value.status_code == 400
+    assert f"got a {kind}" in info.value.message and "JSON numbers 0..255" in info.value.message
+
+
+def test_limits_are_named_and_checked_before_parsing():
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(h.InferenceError, match="nested 100000 levels deep; expected at most 8"):
+        h.input_fn(deep, "application/json")
+    header = repr({"descr": "<f8", "fortran_order": False, "shape": (100_000, 100_000)}).encode()
+    header += b" " * (63 - (len(header) + 10) % 64) + b"\n"
+    npy = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
+    with pytest.raises(h.InferenceError, match=r"80000000000 bytes, over the payload limit") as info:
+        h.input_fn(npy, "application/x-npy")
+    assert info.value.status_code == 413

@@ -225,3 +225,72 @@ def test_server_refuses_a_missing_model(tmp_path):
 
 def test_max_body_matches_sagemaker():
     assert h.MAX_BODY_BYTES == 6 * 1024 * 1024
+
+
+@pytest.mark.parametrize("flags", [["--max-batch", "0"], ["--max-batch", "5000"], ["--max-delay-ms", "500"]])
+def test_server_refuses_unbounded_batching(model_dir, flags):
+    out = subprocess.run([sys.executable, "-m", "mlops.serve.server", "--model-dir", str(model_dir), "--port",
+                          str(free_port()), *flags], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 2 and "expected" in out.stderr, out.stderr
+
+
+def test_batched_server_answers_like_one_request_at_a_time(model_dir, digits):
+    """Concurrent clients on a server that batches (max delay 5 ms) get exactly the unbatched answers."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "mlops.serve.server", "--model-dir", str(model_dir), "--port",
+                                str(port), "--workers", "1", "--connections", "8", "--max-batch", "8",
+                                "--max-delay-ms", "5"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        wait_for_ping(port, process)
+        reference = [request(port, "POST", "/invocations", png, {"Content-Type": "image/png"})[1]
+                     for png, _ in digits[:16]]
+        failures: list[str] = []
+
+        def client(offset: int) -> None:
+            for i in range(16):
+                index = (i + offset) % 16
+                status, body = request(port, "POST", "/invocations", digits[index][0], {"Content-Type": "image/png"})
+                if status != 200 or body != reference[index]:
+                    failures.append(f"{index}: {status} {body}")
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not failures, failures[:3]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def test_worker_rss_stays_flat_through_the_bad_input_corpus(model_dir, digits):
+    """Refusals must not leak: after a warm-up pass, 4 more passes of the corpus grow the worker's RSS < 10%."""
+    import psutil
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "mlops.serve.server", "--model-dir", str(model_dir), "--port",
+                                str(port), "--workers", "1"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_ping(port, process)
+        (worker,) = psutil.Process(process.pid).children()
+
+        def one_pass() -> None:
+            for name, body, content_type, status in BAD_INPUTS:
+                got, _ = request(port, "POST", "/invocations", body, {"Content-Type": content_type} if content_type
+                                 else {})
+                assert got == status, name
+            good_request_works(port, digits)
+
+        one_pass()
+        before = worker.memory_info().rss
+        for _ in range(4):
+            one_pass()
+        after = worker.memory_info().rss
+        assert after < before * 1.10, (before, after)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
