@@ -132,9 +132,9 @@ def create_app(model_dir: str | os.PathLike[str] | None = None, threads: int | N
         torch.set_num_threads(threads)
     except ImportError:  # pragma: no cover - an XGBoost-only environment
         pass
-    max_batch = max_batch or int(os.environ.get("MLOPS_MAX_BATCH", DEFAULT_MAX_BATCH))
+    max_batch = max_batch or int(_env_number("MLOPS_MAX_BATCH", DEFAULT_MAX_BATCH, int))
     if max_delay_ms is None:
-        max_delay_ms = float(os.environ.get("MLOPS_MAX_DELAY_MS", DEFAULT_MAX_DELAY_MS))
+        max_delay_ms = float(_env_number("MLOPS_MAX_DELAY_MS", DEFAULT_MAX_DELAY_MS, float))
     model = handlers.model_fn(model_dir)
     batcher = Batcher(model.predict_proba, max_batch, max_delay_ms / 1000.0)
     app = falcon.App(media_type=falcon.MEDIA_JSON)
@@ -144,6 +144,17 @@ def create_app(model_dir: str | os.PathLike[str] | None = None, threads: int | N
     app.add_error_handler(Exception, _unexpected)
     app.set_error_serializer(_serialize_http_error)
     return app
+
+
+def _env_number(name: str, default: float, kind: type) -> float:
+    """A numeric setting from the environment; a value that is not a number names the variable."""
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        return kind(text)
+    except ValueError:
+        raise RuntimeError(f"${name}={text!r} is not {'an integer' if kind is int else 'a number'}") from None
 
 
 def check_model_dir(model_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -102,3 +102,13 @@ def test_an_error_reaches_every_caller_and_the_batcher_recovers():
 def test_bounds_are_enforced(max_batch, max_delay):
     with pytest.raises(ValueError, match="expected"):
         Batcher(SlowModel(), max_batch, max_delay)
+
+
+@pytest.mark.parametrize("name, value", [("MLOPS_MAX_BATCH", "lots"), ("MLOPS_MAX_DELAY_MS", "soon")])
+def test_a_batching_variable_that_is_not_a_number_is_named(monkeypatch, tmp_path, name, value):
+    from mlops.serve.server import create_app
+    from tests.helpers.models import write_xgboost_model_dir
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(RuntimeError, match=f"\\${name}='{value}' is not"):
+        create_app(write_xgboost_model_dir(tmp_path / "model"))
