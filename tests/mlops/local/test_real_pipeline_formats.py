@@ -8,9 +8,12 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
+from inference import inference
 from mlops.cli import main
 from mlops.local import commands, records
 from mlops.registry import LocalRegistry
@@ -40,7 +43,7 @@ def home(tmp_path: Path) -> Iterator[Path]:
 def test_image_folder_from_a_file_uri_runs_end_to_end(home: Path, tmp_path: Path) -> None:
     data = make_image_folder(tmp_path / "my pets", {"cat": 150, "dog": 150, "owl": 150}, size=24, mode="L")
     execution_id, output = _run(InputDataUrl=f"file://{data.as_posix().replace(' ', '%20')}",
-                                DataFormat="image-folder", ImageSize="16")
+                                DataFormat="image-folder", ImageSize="28")
     steps = {s.step_name: s for s in records.list_steps(execution_id)}
     assert {n for n, s in steps.items() if s.status == "Succeeded"} >= JOB_STEPS, output
     assert "staged as s3://mlops-local/data/local/my-pets-" in output
@@ -50,11 +53,23 @@ def test_image_folder_from_a_file_uri_runs_end_to_end(home: Path, tmp_path: Path
     model_tar = s3_uri_to_path(steps["TrainCNN"].properties["ModelArtifacts"]["S3ModelArtifacts"])
     with tarfile.open(model_tar) as tar:
         config = json.load(tar.extractfile("model_config.json"))
-    assert config["class_names"] == ["cat", "dog", "owl"] and config["image_shape"] == [16, 16]
+    assert config["class_names"] == ["cat", "dog", "owl"] and config["image_shape"] == [28, 28]
     assert commands.describe_execution(execution_id)["PipelineExecutionStatus"] == "Succeeded", output
     package = LocalRegistry().list_model_packages("image-classification")[0]
     assert package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == \
         steps["TrainCNN"].properties["ModelArtifacts"]["S3ModelArtifacts"]
+
+    # the registered model's own serving code answers with the folder's class names
+    served = tmp_path / "served"
+    with tarfile.open(model_tar) as tar:
+        tar.extractall(served, filter="data")
+    model = inference.model_fn(str(served))
+    owl = np.asarray(Image.open(data / "train" / "owl" / "0.jpg").convert("L").resize((28, 28)), dtype=float)
+    body, _ = inference.output_fn(inference.predict_fn(
+        inference.input_fn(json.dumps({"instances": [owl.tolist()]}), "application/json"), model), "application/json")
+    answer = json.loads(body)["predictions"][0]
+    assert answer["class_name"] == "owl", answer
+    assert {entry["class_name"] for entry in answer["top_k"]} <= {"cat", "dog", "owl"}
 
 
 @pytest.mark.slow
