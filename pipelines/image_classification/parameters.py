@@ -10,7 +10,8 @@ from dataclasses import dataclass, fields
 
 from sagemaker.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
 
-ARCHITECTURES = ["compact", "keras"]
+ARCHITECTURES = ["compact", "keras", "dense"]
+TUNED_ARCHITECTURES = ["compact", "keras"]  # the tuner searches the CNNs; dense is a baseline chosen by name
 DATA_FORMATS = ["auto", "idx", "cifar10", "image-folder"]
 RUNTIME_STRATEGIES = ["Bayesian", "Random"]  # strategies that share one tuning-job shape
 
