@@ -71,3 +71,31 @@ def test_stage_local_path_refuses_links_out_and_missing_folders(tmp_path, monkey
         staging.stage_local_path_local(tmp_path / "data", "mlops-local")
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         staging.stage_local_path_local(tmp_path / "nothing", "mlops-local")
+
+
+class _FakeS3:
+    """put_object/head_object over a dict, 404 as botocore raises it."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], bytes] = {}
+
+    def put_object(self, Bucket: str, Key: str, Body) -> None:
+        self.objects[(Bucket, Key)] = Body if isinstance(Body, bytes) else Body.read()
+
+    def head_object(self, Bucket: str, Key: str) -> dict:
+        from botocore.exceptions import ClientError
+
+        if (Bucket, Key) not in self.objects:
+            raise ClientError({"Error": {"Code": "404"}}, "HeadObject")
+        return {"ContentLength": len(self.objects[(Bucket, Key)])}
+
+
+def test_stage_local_path_to_s3_uploads_once_sums_last(tmp_path):
+    write_files(tmp_path / "set", {"train/a/1.png": "a", "train/b/2.png": "b"})
+    client = _FakeS3()
+    uri = staging.stage_local_path_to_s3(tmp_path / "set", "bkt", client)
+    keys = [key for _, key in client.objects]
+    prefix = uri.removeprefix("s3://bkt/")
+    assert keys == [f"{prefix}train/a/1.png", f"{prefix}train/b/2.png", f"{prefix}SHA256SUMS"]
+    assert staging.stage_local_path_to_s3(tmp_path / "set", "bkt", client) == uri
+    assert len(client.objects) == 3
