@@ -182,7 +182,7 @@ def read_cifar10(root: Path) -> RawDataset:
 
 def _class_folders(split_dir: Path) -> dict[str, list[Path]]:
     classes: dict[str, list[Path]] = {}
-    for folder in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise DatasetError(f"{folder}: class folder holds no .png/.jpg images (expected at least one)")
@@ -273,11 +273,11 @@ def unpack_input(input_dir: Path, workdir: Path) -> Path:
     if len(archives) > 1 and not others:
         raise DatasetError(f"{input_dir}: {len(archives)} archives ({sorted(p.name for p in archives)}); "
                            "expected one")
-    return input_dir
+    return _single_child(input_dir)
 
 
 def _single_child(folder: Path) -> Path:
-    entries = list(folder.iterdir())
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".") and p.name != "SHA256SUMS"]
     if len(entries) == 1 and entries[0].is_dir() and not (folder / "train").is_dir():
         inner = entries[0]
         if (inner / "train").is_dir() or any(inner.glob("*-idx?-ubyte*")):

@@ -130,6 +130,15 @@ def test_grayscale_image_folder_with_test_folder(tmp_path: Path, run_job_script)
     assert manifest["splits"]["test"]["class_counts"] == {"a": 3, "b": 4}
 
 
+def test_image_folder_one_level_down_and_hidden_folders_ignored(tmp_path: Path, run_job_script) -> None:
+    make_image_folder(tmp_path / "raw" / "pets", {"a": 12, "b": 12}, size=10)
+    (tmp_path / "raw" / "pets" / "train" / ".ipynb_checkpoints").mkdir()
+    out = tmp_path / "out"
+    result = _run(run_job_script, tmp_path / "raw", out)
+    assert result.returncode == 0, result.stderr
+    assert load_manifest(out / "train")["class_names"] == ["a", "b"]
+
+
 def _malicious_pickle() -> bytes:
     class Evil:
         def __reduce__(self):
