@@ -6,14 +6,19 @@ The bundle itself (what it holds, its content hash, its URIs) is defined with th
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from botocore.exceptions import ClientError
 
 from mlops.store import parse_s3_uri, s3_uri_to_path
 from pipelines.source_bundle import PROJECT_ROOT, TARBALL_NAME, SourceBundle, StagedCode
 from training.atomic import atomic_write_bytes
+from training.datasets import sha256_file, verify_checksums
+from training.formats import check_inside
 
 
 def stage_to_s3(bundle: SourceBundle, staged: StagedCode, s3_client: Any) -> list[str]:
@@ -99,3 +104,91 @@ def stage_dataset_local(local_dir: Path, uri: str) -> list[Path]:
             continue
         written.append(atomic_write_bytes(target, path.read_bytes()))
     return written
+
+
+# ---------------------------------------------------------------------------- user data given as a local path
+LOCAL_DATA_PREFIX = "data/local"
+SUMS_FILE = "SHA256SUMS"
+
+
+def local_data_path(value: str) -> Path | None:
+    """The local path an InputDataUrl names (a plain path or a file:// URI), or None for s3:// and other URIs."""
+    parsed = urlparse(value)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"InputDataUrl {value!r}: a file:// URI must name a local path (file:///path)")
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and value[1:3] in (":\\", ":/")):  # C:\ on Windows
+        return Path(value)
+    return None
+
+
+def local_dataset_files(source: Path) -> dict[str, Path]:
+    """Relative name -> file for a dataset folder (or one archive file); refuses links that leave it."""
+    source = source.expanduser()
+    if source.is_file():
+        return {source.name: source}
+    if not source.is_dir():
+        raise FileNotFoundError(f"InputDataUrl {source}: no such file or folder")
+    check_inside(source)
+    files = {p.relative_to(source).as_posix(): p for p in sorted(source.rglob("*"))
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts)}
+    if not files:
+        raise FileNotFoundError(f"InputDataUrl {source}: the folder holds no files")
+    return files
+
+
+def _checksums(files: dict[str, Path]) -> tuple[str, dict[str, str]]:
+    """Each file's sha256 and one digest of the whole dataset (names and contents)."""
+    sums = {name: sha256_file(path) for name, path in files.items()}
+    whole = hashlib.sha256("".join(f"{d}  {n}\n" for n, d in sorted(sums.items())).encode()).hexdigest()
+    return whole, sums
+
+
+def _sums_text(files: dict[str, Path], sums: dict[str, str]) -> bytes:
+    """The folder's own SHA256SUMS when it ships one (verified), else one written here."""
+    if SUMS_FILE in files:
+        verify_checksums(files[SUMS_FILE].parent)
+        return files[SUMS_FILE].read_bytes()
+    return "".join(f"{digest}  {name}\n" for name, digest in sorted(sums.items())).encode()
+
+
+def stage_local_path(source: Path, bucket: str, put_file, exists) -> str:
+    """Stage a local dataset under ``s3://bucket/data/local/<name>-<digest>/``, SHA256SUMS written last.
+
+    The prefix is named by content, so the same data is staged once and different data never overwrites it.
+    ``put_file(path, uri)``/``put_bytes(data, uri)`` and ``exists(uri)`` abstract the local store and S3.
+    """
+    files = local_dataset_files(source)
+    whole, sums = _checksums(files)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", source.expanduser().resolve().name).strip("-") or "dataset"
+    prefix = f"s3://{bucket}/{LOCAL_DATA_PREFIX}/{name}-{whole[:16]}/"
+    if exists(prefix + SUMS_FILE):
+        return prefix
+    for relative, path in files.items():
+        if relative != SUMS_FILE:
+            put_file(path, prefix + relative)
+    put_file(_sums_text(files, sums), prefix + SUMS_FILE)
+    return prefix
+
+
+def stage_local_path_local(source: Path, bucket: str) -> str:
+    """Into the local store (each file atomically, SHA256SUMS last)."""
+    def put(item: Path | bytes, uri: str) -> None:
+        data = item if isinstance(item, bytes) else item.read_bytes()
+        atomic_write_bytes(s3_uri_to_path(uri), data)
+
+    return stage_local_path(source, bucket, put, lambda uri: s3_uri_to_path(uri).is_file())
+
+
+def stage_local_path_to_s3(source: Path, bucket: str, s3_client: Any) -> str:
+    """To S3 with boto3 (SHA256SUMS last, so its presence means the prefix is complete)."""
+    def put(item: Path | bytes, uri: str) -> None:
+        target_bucket, key = parse_s3_uri(uri)
+        if isinstance(item, bytes):
+            s3_client.put_object(Bucket=target_bucket, Key=key, Body=item)
+        else:
+            with item.open("rb") as handle:
+                s3_client.put_object(Bucket=target_bucket, Key=key, Body=handle)
+
+    return stage_local_path(source, bucket, put, lambda uri: _s3_size(s3_client, *parse_s3_uri(uri)) is not None)

@@ -4,6 +4,8 @@
   global average pooling; 16.4K parameters at the default width 24); cheap enough to train well on a
   2-core CPU.
 - ``keras``: the classic Keras example (conv32-pool-conv64-pool-conv64, dense 64, dropout 0.5).
+- ``dense``: the dense baseline, Flatten then two Dense layers of ``8 * width`` units (192 at train_cnn's
+  default width 24, so one ``width`` scales every architecture); no convolution, ``kernel_size`` does not apply.
 
 ``model_config.json`` beside the weights records what :func:`build_model` needs to rebuild the
 network, so inference never unpickles anything.
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-ARCHITECTURES = ("compact", "keras")
+ARCHITECTURES = ("compact", "keras", "dense")
 
 
 def _shrinking_padding(kernel_size: int) -> int:
@@ -79,8 +81,11 @@ class KerasNet(nn.Module):
             nn.Conv2d(width, 2 * width, k, padding=pad), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             nn.Conv2d(2 * width, 2 * width, k, padding=pad), nn.ReLU(inplace=True),
         )
-        with torch.no_grad():
-            flat = self.features(torch.zeros(1, in_channels, image_size, image_size)).numel()
+        try:
+            with torch.no_grad():
+                flat = self.features(torch.zeros(1, in_channels, image_size, image_size)).numel()
+        except RuntimeError:  # a map shrank below the kernel
+            flat = 0
         if flat < 1:
             raise ValueError(f"kernel_size={k} is too large for {image_size}x{image_size} images")
         self.head = nn.Sequential(
@@ -89,6 +94,23 @@ class KerasNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class DenseNet(nn.Module):
+    """Flatten -> Dense(8*width) -> ReLU -> Dropout -> Dense(8*width) -> ReLU -> Dense(classes)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, kernel_size: int = 3, width: int = 24,
+                 dropout: float = 0.2, image_size: int = 28) -> None:
+        super().__init__()
+        del kernel_size  # no convolutions
+        width *= 8
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_channels * image_size * image_size, width), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
 
 
 def build_model(architecture: str, num_classes: int, kernel_size: int = 3, width: int | None = None,
@@ -104,6 +126,8 @@ def build_model(architecture: str, num_classes: int, kernel_size: int = 3, width
         return CompactNet(**kwargs)
     if architecture == "keras":
         return KerasNet(**kwargs)
+    if architecture == "dense":
+        return DenseNet(**kwargs)
     raise ValueError(f"unknown architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
 
 

@@ -199,7 +199,7 @@ def train(config: TrainConfig, train_split: Split, val_split: Split, num_classes
     x_val, y_val = to_tensors(val_split)
     fill = float(x_train.min())  # the normalized background value
     model = build_model(config.architecture, num_classes, kernel_size=config.kernel_size, width=config.width,
-                        dropout=config.dropout, image_size=x_train.shape[-1])
+                        dropout=config.dropout, in_channels=x_train.shape[1], image_size=x_train.shape[-1])
     LOG.info("%s: %d parameters, %d training / %d validation images%s", config.architecture,
              count_parameters(model), len(y_train), len(y_val),
              f", host {cluster.rank + 1} of {cluster.size}" if cluster.size > 1 else "")
@@ -295,6 +295,7 @@ def save_model(model: nn.Module, config: TrainConfig, manifest: dict, model_dir:
             "num_classes": manifest["num_classes"],
             "class_names": manifest["class_names"],
             "image_shape": manifest["image_shape"],
+            "in_channels": 3 if len(manifest["image_shape"]) == 3 else 1,
             "normalization": manifest["normalization"],
         })
         copy_inference_code(staging, "pytorch")

@@ -126,8 +126,11 @@ def _check_code_matches(built: dict[str, Any], built_config: PipelineConfig, sou
 
 
 def _stage_inputs(built_config: PipelineConfig, built: dict[str, Any], overrides: dict[str, str], upload_code,
-                  upload_data) -> None:
-    """Upload the code bundle and, unless InputDataUrl is overridden, the shipped dataset to its default URI."""
+                  upload_data, upload_path) -> None:
+    """Upload the code bundle and, unless InputDataUrl is overridden, the shipped dataset to its default URI.
+
+    An InputDataUrl that is a local path or file:// URI is staged (with checksums) and replaced by its s3:// URI.
+    """
     bundle = collect_bundle()
     staged = code_location(built_config.bucket, built_config.pipeline_name, bundle)
     written = upload_code(bundle, staged)
@@ -136,10 +139,20 @@ def _stage_inputs(built_config: PipelineConfig, built: dict[str, Any], overrides
         default = parse(built).parameters["InputDataUrl"].default
         written = upload_data(staging.DATASET_DIR, default)
         click.echo(f"data {default} ({f'{len(written)} file(s) uploaded' if written else 'already staged'})", err=True)
+        return
+    local = staging.local_data_path(overrides["InputDataUrl"])
+    if local is not None:
+        try:
+            uri = upload_path(local, built_config.bucket)
+        except (ValueError, FileNotFoundError) as exc:
+            fail(str(exc))
+        click.echo(f"data {overrides['InputDataUrl']} staged as {uri}", err=True)
+        overrides["InputDataUrl"] = uri
 
 
 def _run_local(built_config: PipelineConfig, built: dict[str, Any], overrides: dict[str, str], wait: bool) -> None:
-    _stage_inputs(built_config, built, overrides, staging.stage_local, staging.stage_dataset_local)
+    _stage_inputs(built_config, built, overrides, staging.stage_local, staging.stage_dataset_local,
+                  staging.stage_local_path_local)
     try:
         execution_id = commands.run(built, overrides, pipeline_name=built_config.pipeline_name, wait=wait)
     except DefinitionError as exc:  # nothing ran
@@ -159,7 +172,8 @@ def _run_sagemaker(built_config: PipelineConfig, built: dict[str, Any], override
 
     driver = SageMakerDriver(built_config.region)
     try:
-        _stage_inputs(built_config, built, overrides, driver.stage_code, driver.stage_dataset)
+        _stage_inputs(built_config, built, overrides, driver.stage_code, driver.stage_dataset,
+                      lambda source, bucket: staging.stage_local_path_to_s3(source, bucket, driver.s3))
         result = driver.upsert(built_config.pipeline_name, built, built_config.role, tags=tags,
                                description="Image classification: preprocess, CNN + XGBoost, tune, evaluate, register")
         click.echo(f"{'created' if result.created else 'updated'} {result.pipeline_arn}", err=True)

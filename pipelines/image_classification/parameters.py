@@ -10,13 +10,17 @@ from dataclasses import dataclass, fields
 
 from sagemaker.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
 
-ARCHITECTURES = ["compact", "keras"]
+ARCHITECTURES = ["compact", "keras", "dense"]
+TUNED_ARCHITECTURES = ["compact", "keras"]  # the tuner searches the CNNs; dense is a baseline chosen by name
+DATA_FORMATS = ["auto", "idx", "cifar10", "image-folder"]
 RUNTIME_STRATEGIES = ["Bayesian", "Random"]  # strategies that share one tuning-job shape
 
 
 @dataclass
 class Parameters:
     input_data: ParameterString
+    data_format: ParameterString
+    image_size: ParameterInteger
     processing_instance_type: ParameterString
     processing_instance_count: ParameterInteger
     training_instance_type: ParameterString
@@ -48,6 +52,8 @@ def make_parameters(default_bucket: str, tuning_strategy: str, input_prefix: str
     runtime_choice = tuning_strategy in RUNTIME_STRATEGIES
     return Parameters(
         input_data=ParameterString("InputDataUrl", default_value=f"s3://{default_bucket}/{input_prefix}/"),
+        data_format=ParameterString("DataFormat", default_value="auto", enum_values=DATA_FORMATS),
+        image_size=ParameterInteger("ImageSize", default_value=0),
         processing_instance_type=ParameterString("ProcessingInstanceType", default_value="ml.m5.large"),
         processing_instance_count=ParameterInteger("ProcessingInstanceCount", default_value=1),
         training_instance_type=ParameterString("TrainingInstanceType", default_value="ml.m5.xlarge"),

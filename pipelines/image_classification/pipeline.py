@@ -182,6 +182,8 @@ def get_pipeline(
                     "--output-dir", "/opt/ml/processing/output",
                     "--max-train-samples", params.max_train_samples.to_string(),
                     "--max-test-samples", params.max_test_samples.to_string(),
+                    "--data-format", params.data_format,
+                    "--image-size", params.image_size.to_string(),
                 ],
             ),
             **job_options,

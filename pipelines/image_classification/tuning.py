@@ -11,7 +11,7 @@ from sagemaker.estimator import EstimatorBase
 from sagemaker.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter
 from sagemaker.tuner import HyperbandStrategyConfig, HyperparameterTuner, StrategyConfig
 
-from pipelines.image_classification.parameters import ARCHITECTURES, Parameters
+from pipelines.image_classification.parameters import TUNED_ARCHITECTURES, Parameters
 from training.metrics import CNN_METRIC_DEFINITIONS, OBJECTIVE_METRIC
 
 STRATEGIES = ("Bayesian", "Random", "Grid", "Hyperband")
@@ -29,13 +29,13 @@ def tuning_ranges(strategy: str) -> dict:
     """
     if strategy == "Grid":
         return {"lr": CategoricalParameter([0.02, 0.05]), "batch-size": CategoricalParameter([64, 256]),
-                "epochs": CategoricalParameter([2]), "architecture": CategoricalParameter(ARCHITECTURES)}
+                "epochs": CategoricalParameter([2]), "architecture": CategoricalParameter(TUNED_ARCHITECTURES)}
     ranges = {
         # train_cnn's default optimizer is SGD (nesterov, one-cycle) with lr 0.05: search a decade around it.
         "lr": ContinuousParameter(0.015, 0.15, scaling_type="Logarithmic"),
         "batch-size": CategoricalParameter([64, 128, 256]),
         "epochs": IntegerParameter(2, 3),
-        "architecture": CategoricalParameter(ARCHITECTURES),
+        "architecture": CategoricalParameter(TUNED_ARCHITECTURES),
     }
     if strategy == "Hyperband":
         del ranges["epochs"]

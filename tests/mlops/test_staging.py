@@ -33,3 +33,69 @@ def test_stage_dataset_local(tmp_path, monkeypatch):
     assert staging.stage_dataset_local(staging.DATASET_DIR, "s3://mlops-local/data/mnist/") == []
     with pytest.raises(FileNotFoundError, match="dataset files missing"):
         staging.dataset_files(tmp_path)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("file:///data/my%20set", "/data/my set"), ("/data/x", "/data/x"),
+                                                 ("relative/dir", "relative/dir"), ("s3://b/k/", None)])
+def test_local_data_path(value, expected):
+    result = staging.local_data_path(value)
+    assert (str(result) if result else None) == expected
+
+
+def test_local_data_path_refuses_a_remote_host():
+    with pytest.raises(ValueError, match="file:// URI must name a local path"):
+        staging.local_data_path("file://server/share")
+
+
+def test_stage_local_path_with_checksums(tmp_path, monkeypatch):
+    from training.datasets import verify_checksums
+
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    write_files(tmp_path / "pets", {"train/cat/1.png": "a", "train/dog/2.png": "b", ".hidden": "x"})
+    uri = staging.stage_local_path_local(tmp_path / "pets", "mlops-local")
+    assert uri.startswith("s3://mlops-local/data/local/pets-")
+    staged = s3_uri_to_path(uri)
+    assert sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()) == [
+        "SHA256SUMS", "train/cat/1.png", "train/dog/2.png"]
+    assert set(verify_checksums(staged)) == {"train/cat/1.png", "train/dog/2.png"}
+    assert staging.stage_local_path_local(tmp_path / "pets", "mlops-local") == uri  # same content, same prefix
+    (tmp_path / "pets/train/dog/2.png").write_text("changed")
+    assert staging.stage_local_path_local(tmp_path / "pets", "mlops-local") != uri
+
+
+def test_stage_local_path_refuses_links_out_and_missing_folders(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    write_files(tmp_path, {"data/train/a/1.png": "a", "secret/key": "k"})
+    (tmp_path / "data/train/b").symlink_to(tmp_path / "secret")
+    with pytest.raises(ValueError, match=r"data/train/b: resolves to .* outside the dataset folder"):
+        staging.stage_local_path_local(tmp_path / "data", "mlops-local")
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        staging.stage_local_path_local(tmp_path / "nothing", "mlops-local")
+
+
+class _FakeS3:
+    """put_object/head_object over a dict, 404 as botocore raises it."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], bytes] = {}
+
+    def put_object(self, Bucket: str, Key: str, Body) -> None:
+        self.objects[(Bucket, Key)] = Body if isinstance(Body, bytes) else Body.read()
+
+    def head_object(self, Bucket: str, Key: str) -> dict:
+        from botocore.exceptions import ClientError
+
+        if (Bucket, Key) not in self.objects:
+            raise ClientError({"Error": {"Code": "404"}}, "HeadObject")
+        return {"ContentLength": len(self.objects[(Bucket, Key)])}
+
+
+def test_stage_local_path_to_s3_uploads_once_sums_last(tmp_path):
+    write_files(tmp_path / "set", {"train/a/1.png": "a", "train/b/2.png": "b"})
+    client = _FakeS3()
+    uri = staging.stage_local_path_to_s3(tmp_path / "set", "bkt", client)
+    keys = [key for _, key in client.objects]
+    prefix = uri.removeprefix("s3://bkt/")
+    assert keys == [f"{prefix}train/a/1.png", f"{prefix}train/b/2.png", f"{prefix}SHA256SUMS"]
+    assert staging.stage_local_path_to_s3(tmp_path / "set", "bkt", client) == uri
+    assert len(client.objects) == 3

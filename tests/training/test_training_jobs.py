@@ -97,14 +97,28 @@ def test_evaluate_refuses_a_missing_model(tmp_path: Path, run_job_script, mnist_
     assert not (tmp_path / "ev").exists()
 
 
-@pytest.mark.parametrize("architecture", ["compact", "keras"])
+@pytest.mark.parametrize("architecture", ["compact", "keras", "dense"])
 @pytest.mark.parametrize("kernel_size", [3, 5, 7])
 def test_architectures_build_and_run(architecture: str, kernel_size: int) -> None:
     net = build_model(architecture, 10, kernel_size=kernel_size)
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    if architecture == "dense":
+        assert not any(isinstance(m, torch.nn.Conv2d) for m in net.modules())
     if architecture == "compact" and kernel_size == 3:  # the reference design: under 20K parameters
         assert count_parameters(net) < 20_000
         assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+
+
+@pytest.mark.parametrize("architecture", ["compact", "keras", "dense"])
+@pytest.mark.parametrize(("channels", "size"), [(1, 20), (3, 32), (3, 48)])
+def test_architectures_adapt_to_channels_and_size(architecture: str, channels: int, size: int) -> None:
+    net = build_model(architecture, 5, in_channels=channels, image_size=size)
+    assert net(torch.zeros(2, channels, size, size)).shape == (2, 5)
+
+
+def test_too_small_images_for_the_keras_net_are_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="kernel_size=3 is too large for 16x16 images"):
+        build_model("keras", 5, image_size=16)
 
 
 def test_augmentation_keeps_shape_and_background() -> None:
