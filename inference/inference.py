@@ -117,7 +117,7 @@ class LoadedModel:
         return ((pixels * self.scale - self.mean) / self.std).astype(np.float32, copy=False)
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, num_classes) for raw pixels (N, H, W)."""
+        """Class probabilities (N, num_classes) for raw pixels: (N, H, W) grayscale or (N, C, H, W)."""
         x = self.normalise(pixels)
         if self.framework == "xgboost":
             out = np.asarray(self.predictor.inplace_predict(x.reshape(len(x), -1)), dtype=np.float64)
@@ -129,7 +129,8 @@ class LoadedModel:
         import torch
 
         with torch.inference_mode():
-            logits = self.predictor(torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1))
+            tensor = torch.from_numpy(np.ascontiguousarray(x))
+            logits = self.predictor(tensor.unsqueeze(1) if tensor.ndim == 3 else tensor)
             return torch.softmax(logits.float(), dim=1).numpy()
 
 
@@ -183,7 +184,8 @@ def _compile_for_inference(net: Any, shape: list[int]) -> Any:
     import torch
 
     try:
-        probe = torch.rand(3, 1, int(shape[0]), int(shape[1]))
+        channels = int(shape[0]) if len(shape) == 3 else 1
+        probe = torch.rand(3, channels, int(shape[-2]), int(shape[-1]))
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             frozen = torch.jit.freeze(torch.jit.trace(net, probe[:1]))
@@ -212,10 +214,11 @@ def model_fn(model_dir: str) -> LoadedModel:
     except ImportError:  # the source tree; imported here because it needs torch, which XGBoost's image lacks
         from training.models import build_model
 
-    shape = config.get("image_shape", [28, 28])
+    shape = config.get("image_shape", [28, 28])  # [H, W] grayscale or [C, H, W]
+    channels = int(config.get("in_channels", shape[0] if len(shape) == 3 else 1))
     net = build_model(config.get("architecture", "compact"), int(config["num_classes"]),
                       kernel_size=int(config.get("kernel_size", 3)), width=config.get("width"),
-                      dropout=config.get("dropout"), image_size=int(shape[0]))
+                      dropout=config.get("dropout"), in_channels=channels, image_size=int(shape[-1]))
     state = torch.load(os.path.join(model_dir, TORCH_WEIGHTS), map_location="cpu", weights_only=True)
     net.load_state_dict(state)
     net.eval()

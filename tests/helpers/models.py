@@ -86,8 +86,10 @@ def write_cnn_model_dir(dest: str | Path, state_dict: Any = None, config: dict |
     config = config or cnn_config()
     if state_dict is None:
         torch.manual_seed(0)
+        shape = config.get("image_shape", [28, 28])
         state_dict = build_model(config["architecture"], config["num_classes"], kernel_size=config["kernel_size"],
-                                 width=config["width"], dropout=config["dropout"]).state_dict()
+                                 width=config["width"], dropout=config["dropout"],
+                                 in_channels=int(config.get("in_channels", 1)), image_size=int(shape[-1])).state_dict()
     torch.save(state_dict, dest / "model.pth")
     (dest / "model_config.json").write_text(json.dumps(config, indent=2))
     copy_code(dest, "pytorch")

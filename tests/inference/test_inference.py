@@ -226,3 +226,19 @@ def test_limits_are_named_and_checked_before_parsing():
     with pytest.raises(h.InferenceError, match=r"80000000000 bytes, over the payload limit") as info:
         h.input_fn(npy, "application/x-npy")
     assert info.value.status_code == 413
+
+
+@pytest.mark.parametrize("image_shape", [[3, 32, 32], [32, 32]])
+def test_models_of_other_sizes_and_colour_load_and_score(tmp_path, image_shape):
+    """CIFAR-10 and image-folder models: model_fn builds the network the config describes (channels, size) and
+    predict_proba takes (N, C, H, W) or (N, H, W), as evaluate.py feeds it the split."""
+    from tests.helpers.models import cnn_config, write_cnn_model_dir
+
+    config = {**cnn_config(), "image_shape": image_shape, "class_names": [f"c{i}" for i in range(10)]}
+    if len(image_shape) == 3:
+        config["in_channels"] = image_shape[0]
+    model = h.model_fn(str(write_cnn_model_dir(tmp_path, config=config)))
+    pixels = np.random.default_rng(0).integers(0, 256, size=(5, *image_shape)).astype(np.float32)
+    probs = model.predict_proba(pixels)
+    assert probs.shape == (5, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert model.image_shape == tuple(image_shape)
