@@ -15,9 +15,7 @@ import argparse
 import http.client
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -61,32 +59,14 @@ def load(port: int, body: bytes, clients: int, seconds: float) -> dict:
 
 
 def run_server(model_dir: Path, max_batch: int, seconds: float, body: bytes) -> dict:
-    from tests.helpers import free_port
+    from tests.helpers.serving import serving
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlops.serve.server", "--model-dir", str(model_dir), "--port",
-                               str(port), "--workers", "2", "--connections", "8", "--max-batch", str(max_batch)],
-                              cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/ping")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+    with serving(model_dir, "--workers", "2", "--connections", "8", "--max-batch", str(max_batch)) as (port, _):
         load(port, body, 1, 1.0)  # warm-up
         row = {"max_batch": max_batch, "loadavg": os.getloadavg()[0]}
         row["c1"] = load(port, body, 1, seconds)
         row["c8"] = load(port, body, 8, seconds)
         return row
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def main() -> None:

@@ -17,8 +17,6 @@ import collections
 import http.client
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -73,36 +71,17 @@ def post(port: int, body: bytes, content_type: str) -> int:
 
 
 def over_http(samples: dict[str, list[bytes]]) -> dict:
-    from tests.helpers import free_port
     from tests.helpers.models import write_xgboost_model_dir
+    from tests.helpers.serving import serving
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = write_xgboost_model_dir(Path(tmp) / "model")
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "mlops.serve.server", "--model-dir", str(model_dir),
-                                   "--port", str(port), "--workers", "2"], cwd=ROOT, start_new_session=True,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                    conn.request("GET", "/ping")
-                    if conn.getresponse().status == 200:
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
-            statuses: dict[str, dict[int, int]] = {}
-            began = time.perf_counter()
-            for content_type, bodies in samples.items():
-                counts: collections.Counter[int] = collections.Counter(post(port, b, content_type) for b in bodies)
-                statuses[content_type] = dict(sorted(counts.items()))
-            seconds = time.perf_counter() - began
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+    with tempfile.TemporaryDirectory() as tmp, serving(write_xgboost_model_dir(Path(tmp) / "model"),
+                                                       "--workers", "2") as (port, _):
+        statuses: dict[str, dict[int, int]] = {}
+        began = time.perf_counter()
+        for content_type, bodies in samples.items():
+            counts: collections.Counter[int] = collections.Counter(post(port, b, content_type) for b in bodies)
+            statuses[content_type] = dict(sorted(counts.items()))
+        seconds = time.perf_counter() - began
     total = sum(sum(c.values()) for c in statuses.values())
     server_errors = sum(n for c in statuses.values() for s, n in c.items() if s >= 500)
     return {"requests": total, "seconds": round(seconds, 2), "status_5xx": server_errors, "statuses": statuses}

@@ -20,7 +20,7 @@ import pytest
 
 from tests.helpers import ROOT, free_port
 from tests.helpers.models import digit_png, load_mnist, package_model, trained_cnn, write_cnn_model_dir
-from tests.mlops.serve.test_server import wait_for_ping
+from tests.helpers.serving import serving
 
 pytestmark = [pytest.mark.fidelity, pytest.mark.slow]
 
@@ -88,26 +88,13 @@ def peer(model_tar, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ours(model_tar, tmp_path_factory):
-    import signal
     import tarfile
 
     folder = tmp_path_factory.mktemp("ours")
     with tarfile.open(model_tar) as tar:
         tar.extractall(folder, filter="data")
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlops.serve.server", "--model-dir", str(folder), "--port", str(port),
-         "--workers", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_ping(port, process)
+    with serving(folder, "--workers", "1") as (port, _):
         yield port
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")

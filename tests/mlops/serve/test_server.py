@@ -20,6 +20,7 @@ from inference import inference as h
 from tests.helpers import ROOT, free_port
 from tests.helpers.bad_requests import BAD_INPUTS
 from tests.helpers.models import digit_png, load_mnist, write_xgboost_model_dir
+from tests.helpers.serving import serving
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
@@ -55,21 +56,8 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlops.serve.server", "--model-dir", str(model_dir), "--port", str(port),
-         "--workers", "2", "--log-level", "info"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_ping(port, process)
+    with serving(model_dir, "--workers", "2", "--log-level", "info") as (port, process):
         yield port, process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")
