@@ -22,6 +22,11 @@ INSTALL_REQUIRES = [
     "psutil>=5.9",
     "gunicorn>=23.0",
     "falcon>=4.0",
+    # The endpoint is falcon ASGI on gunicorn with uvicorn workers (uvloop + httptools): mlops/serve/server.py
+    "uvicorn==0.54.0",
+    "uvicorn-worker==0.4.0",
+    "uvloop==0.23.0",
+    "httptools==0.9.0",
     "PyYAML>=6.0",
     "Jinja2>=3.1",
     "protobuf>=3.20",

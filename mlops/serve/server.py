@@ -1,11 +1,13 @@
-"""The local endpoint: SageMaker's container contract (GET /ping, POST /invocations) on gunicorn + falcon.
+"""The local endpoint: SageMaker's container contract (GET /ping, POST /invocations), falcon's ASGI app on
+uvicorn workers (uvloop + httptools) managed by gunicorn.
 
-gunicorn's gthread workers keep client connections alive (sync workers close every connection, which costs
-keep-alive clients a reconnect per request: measured about 2x lower throughput and 5x higher p99 with hey).
-Each gunicorn worker loads the model once (after the fork, so every worker has its own torch thread pool of
-``threads`` threads: 1 by default, since workers x threads must not exceed the cores) and runs the handlers
-of :mod:`inference.inference`. Bad requests get a JSON error with their status and never take a worker down;
-a worker that hangs is replaced by gunicorn after ``timeout`` seconds.
+Each gunicorn worker is one process with one event loop (no thread pool, so no GIL hand-offs between request
+threads), loads the model once after the fork with a torch thread pool of ``threads`` threads (1 by default:
+workers x threads must not exceed the cores), and runs the handlers of :mod:`inference.inference`. Requests
+that the loop decodes in the same turn share one forward pass (:mod:`mlops.serve.batching`). gunicorn still
+manages the processes: a worker whose loop stops answering its heartbeat for ``timeout`` seconds is replaced,
+SIGTERM drains in-flight requests, the pidfile and process names are its own. Bad requests get a JSON error
+with their status and never take a worker down.
 
 Run it with ``mlops deploy --target local`` or directly:
 ``python -m mlops.serve.server --model-dir DIR [--port 8080] [--workers N]``.
@@ -22,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import falcon
+import falcon.asgi
+from uvicorn_worker import UvicornWorker
 
 from inference import inference as handlers
-from mlops.serve.batching import Batcher
+from mlops.serve.batching import Batcher, check_bounds
 
 log = logging.getLogger("mlops.endpoint")
 DEFAULT_PORT = 8080
@@ -32,9 +36,18 @@ DEFAULT_HOST = "127.0.0.1"
 DRAIN_FACTOR = 4
 DEFAULT_MAX_BATCH = 32  # images per forward pass when requests overlap (dynamic batching)
 DEFAULT_MAX_DELAY_MS = 0.0  # 0: never wait for company, batch only what queued while the model was busy
+READ_CHUNK = 1 << 16
 
 
-def _error(resp: falcon.Response, status: int, message: str) -> None:
+class EndpointWorker(UvicornWorker):
+    """uvicorn inside gunicorn, pinned to the C event loop and parser; no lifespan or proxy-header handling,
+    which this loopback endpoint does not use and every request would otherwise pay for."""
+
+    CONFIG_KWARGS = {"loop": "uvloop", "http": "httptools", "lifespan": "off", "proxy_headers": False,
+                     "server_header": False}
+
+
+def _error(resp: falcon.asgi.Response, status: int, message: str) -> None:
     resp.status = falcon.code_to_http_status(status)
     resp.content_type = falcon.MEDIA_JSON
     resp.text = json.dumps({"error": message, "status": status})
@@ -44,7 +57,7 @@ class Ping:
     def __init__(self, model: handlers.LoadedModel) -> None:
         self.body = json.dumps({"status": "healthy", "framework": model.framework})
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.content_type = falcon.MEDIA_JSON
         resp.text = self.body
 
@@ -56,13 +69,7 @@ class Invocations:
         self.max_body = max_body
         self.batcher = batcher or Batcher(model.predict_proba, 1)
 
-    @staticmethod
-    def _stream(req: falcon.Request) -> Any:
-        # falcon's bounded_stream reads nothing without a Content-Length; gunicorn's wsgi.input decodes chunked
-        # bodies itself and ends where the body ends, so it is safe to read directly then.
-        return req.bounded_stream if req.content_length is not None else req.stream
-
-    def _drain(self, req: falcon.Request) -> None:
+    async def _drain(self, req: falcon.asgi.Request) -> None:
         """Read and drop a moderately oversized body, so the client is reading when the 413 arrives.
 
         Closing on unread data makes the kernel reset the connection and most clients then report a broken pipe
@@ -70,31 +77,37 @@ class Invocations:
         """
         budget = DRAIN_FACTOR * self.max_body
         while budget > 0:
-            chunk = self._stream(req).read(min(1 << 16, budget))
+            chunk = await req.stream.read(min(READ_CHUNK, budget))
             if not chunk:
                 return
             budget -= len(chunk)
 
-    def _read_body(self, req: falcon.Request) -> bytes:
+    async def _read_body(self, req: falcon.asgi.Request) -> bytes:
         length = req.content_length
         if length is not None and length > self.max_body:  # refused from the headers, body never kept
             if length <= DRAIN_FACTOR * self.max_body:
-                self._drain(req)
+                await self._drain(req)
             raise handlers.InferenceError(413, f"body of {length} bytes exceeds the limit of {self.max_body}")
-        body = self._stream(req).read(self.max_body + 1)
-        if len(body) > self.max_body:  # chunked bodies carry no Content-Length
-            self._drain(req)
-            raise handlers.InferenceError(413, f"body exceeds the limit of {self.max_body} bytes")
-        return body
+        if length is not None:
+            return await req.stream.read()
+        chunks, size = [], 0  # chunked: no Content-Length, so count as it arrives
+        while chunk := await req.stream.read(READ_CHUNK):
+            size += len(chunk)
+            if size > self.max_body:
+                await self._drain(req)
+                raise handlers.InferenceError(413, f"body exceeds the limit of {self.max_body} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         try:
-            body = self._read_body(req)
+            body = await self._read_body(req)
             data = handlers.input_fn(body, req.content_type)
             if data.pixels.shape[1:] != self.model.image_shape:
                 raise handlers.InferenceError(400, f"images of shape {data.pixels.shape[1:]} do not match the "
                                                    f"model's {self.model.image_shape}")
-            prediction = handlers.Prediction(self.batcher.submit(data.pixels), self.model.class_names, data.single)
+            probs = await self.batcher.submit(data.pixels)
+            prediction = handlers.Prediction(probs, self.model.class_names, data.single)
             text, content_type = handlers.output_fn(prediction, req.get_header("Accept"))
         except handlers.InferenceError as exc:
             log.info("%s %s -> %d %s", req.method, req.path, exc.status_code, exc.message)
@@ -104,20 +117,46 @@ class Invocations:
         resp.text = text
 
 
-def _unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]) -> None:
+class RefuseHugeBodies:
+    """ASGI wrapper: a Content-Length beyond what is worth draining gets its 413 from the headers alone.
+
+    falcon's ASGI app waits for the first body event before it routes a request, so without this a client that
+    sends the headers of a huge upload and waits (no ``Expect: 100-continue``) would wait forever.
+    """
+
+    def __init__(self, app: falcon.asgi.App, max_body: int = handlers.MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            length = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+            if length is not None and length.isdigit() and int(length) > DRAIN_FACTOR * self.max_body:
+                body = json.dumps({"error": f"body of {int(length)} bytes exceeds the limit of {self.max_body}",
+                                   "status": 413}).encode()
+                await send({"type": "http.response.start", "status": 413,
+                            "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+async def _unexpected(req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception,
+                      params: dict[str, Any]) -> None:
     """Anything the handlers did not foresee: a JSON 500, logged with its traceback; the worker carries on."""
     log.exception("unexpected error serving %s %s", req.method, req.path)
     _error(resp, 500, f"internal error: {type(exc).__name__}: {exc}")
 
 
-def _serialize_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+def _serialize_http_error(req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: falcon.HTTPError) -> None:
     """falcon's own errors (404, 405, bad headers) in the same JSON shape as the handlers' errors."""
     _error(resp, int(exc.status_code), exc.title + (f": {exc.description}" if exc.description else ""))
 
 
 def create_app(model_dir: str | os.PathLike[str] | None = None, threads: int | None = None,
-               max_batch: int | None = None, max_delay_ms: float | None = None) -> falcon.App:
-    """The WSGI app for one worker: loads the model from ``model_dir`` (default $MLOPS_MODEL_DIR).
+               max_batch: int | None = None, max_delay_ms: float | None = None) -> RefuseHugeBodies:
+    """The ASGI app for one worker: loads the model from ``model_dir`` (default $MLOPS_MODEL_DIR).
 
     ``max_batch`` / ``max_delay_ms`` (default $MLOPS_MAX_BATCH / $MLOPS_MAX_DELAY_MS) bound dynamic batching
     of the worker's concurrent requests; max_batch=1 turns it off.
@@ -137,13 +176,13 @@ def create_app(model_dir: str | os.PathLike[str] | None = None, threads: int | N
         max_delay_ms = float(_env_number("MLOPS_MAX_DELAY_MS", DEFAULT_MAX_DELAY_MS, float))
     model = handlers.model_fn(model_dir)
     batcher = Batcher(model.predict_proba, max_batch, max_delay_ms / 1000.0)
-    app = falcon.App(media_type=falcon.MEDIA_JSON)
+    app = falcon.asgi.App(media_type=falcon.MEDIA_JSON)
     app.req_options.strip_url_path_trailing_slash = True
     app.add_route("/ping", Ping(model))
     app.add_route("/invocations", Invocations(model, batcher=batcher))
     app.add_error_handler(Exception, _unexpected)
     app.set_error_serializer(_serialize_http_error)
-    return app
+    return RefuseHugeBodies(app)
 
 
 def _env_number(name: str, default: float, kind: type) -> float:
@@ -173,14 +212,13 @@ def default_workers() -> int:
 
 def serve(model_dir: str | os.PathLike[str], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           workers: int | None = None, threads: int = 1, timeout: int = 30, pidfile: str | None = None,
-          log_level: str = "warning", access_log: str | None = None, worker_class: str = "gthread",
-          connections: int = 4, max_batch: int = DEFAULT_MAX_BATCH,
+          log_level: str = "warning", access_log: str | None = None, max_batch: int = DEFAULT_MAX_BATCH,
           max_delay_ms: float = DEFAULT_MAX_DELAY_MS) -> None:
     """Run gunicorn in the foreground until SIGINT/SIGTERM (graceful: in-flight requests finish)."""
     from gunicorn.app.base import BaseApplication
 
     check_model_dir(model_dir)
-    Batcher(lambda x: x, max_batch, max_delay_ms / 1000.0)  # bounds checked here, before forking workers
+    check_bounds(max_batch, max_delay_ms / 1000.0)  # here, before forking workers that would all fail
     model_dir = str(Path(model_dir).resolve())
 
     class EndpointApplication(BaseApplication):
@@ -188,8 +226,7 @@ def serve(model_dir: str | os.PathLike[str], host: str = DEFAULT_HOST, port: int
             settings = {
                 "bind": f"{host}:{port}" if ":" not in host else f"[{host}]:{port}",
                 "workers": workers or default_workers(),
-                "worker_class": worker_class,
-                "threads": connections if worker_class == "gthread" else 1,
+                "worker_class": f"{__name__}.EndpointWorker",
                 "timeout": timeout,
                 "graceful_timeout": 10,
                 "keepalive": 5,
@@ -199,14 +236,12 @@ def serve(model_dir: str | os.PathLike[str], host: str = DEFAULT_HOST, port: int
                 "errorlog": "-",
                 "pidfile": pidfile,
                 "proc_name": f"mlops-endpoint:{port}",
-                "limit_request_line": 8190,
-                "limit_request_fields": 100,
             }
             for key, value in settings.items():
                 if value is not None:
                     self.cfg.set(key, value)
 
-        def load(self) -> falcon.App:
+        def load(self) -> RefuseHugeBodies:
             return create_app(model_dir, threads, max_batch, max_delay_ms)
 
     os.environ["OMP_NUM_THREADS"] = str(threads)  # workers inherit it: no OpenMP oversubscription
@@ -220,10 +255,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--workers", type=int, default=None, help="gunicorn workers (default: cores, at least 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    parser.add_argument("--worker-class", choices=["gthread", "sync"], default="gthread",
-                        help="gthread: keep-alive connections, a few request threads per worker (default); "
-                             "sync: one request per connection")
-    parser.add_argument("--connections", type=int, default=4, help="gthread: connection threads per worker")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
                         help="dynamic batching: most images per forward pass (1..1024; 1 turns it off)")
     parser.add_argument("--max-delay-ms", type=float, default=DEFAULT_MAX_DELAY_MS,
@@ -233,8 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         serve(args.model_dir, args.host, args.port, args.workers, args.threads, pidfile=args.pidfile,
-              log_level=args.log_level, worker_class=args.worker_class, connections=args.connections,
-              max_batch=args.max_batch, max_delay_ms=args.max_delay_ms)
+              log_level=args.log_level, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms)
     except (FileNotFoundError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

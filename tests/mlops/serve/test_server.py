@@ -227,7 +227,7 @@ def test_batched_server_answers_like_one_request_at_a_time(model_dir, digits):
     """Concurrent clients on a server that batches (max delay 5 ms) get exactly the unbatched answers."""
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "mlops.serve.server", "--model-dir", str(model_dir), "--port",
-                                str(port), "--workers", "1", "--connections", "8", "--max-batch", "8",
+                                str(port), "--workers", "1", "--max-batch", "8",
                                 "--max-delay-ms", "5"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                start_new_session=True)
     try:
