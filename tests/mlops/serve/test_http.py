@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from mlops.serve.http import CoalescedWrites, CoalescingHttpToolsProtocol, EndpointWorker
+from mlops.serve.http import CoalescedWrites, EndpointHttpProtocol, EndpointWorker
 
 
 class RecordingTransport:
@@ -65,5 +65,5 @@ def test_other_transport_calls_reach_the_real_transport() -> None:
 
 
 def test_worker_uses_the_coalescing_protocol_on_uvloop() -> None:
-    assert EndpointWorker.CONFIG_KWARGS["http"] is CoalescingHttpToolsProtocol
+    assert EndpointWorker.CONFIG_KWARGS["http"] is EndpointHttpProtocol
     assert EndpointWorker.CONFIG_KWARGS["loop"] == "uvloop"
