@@ -1,7 +1,8 @@
 """Install the image-classification MLOps project: ``pip install -e ".[dev]"``.
 
 torch/torchvision are pinned here too, but ``scripts/bootstrap.sh`` installs them first so pip
-takes the local wheels; smdebug is installed there with ``--no-deps`` (its metadata pins are stale).
+takes the local wheels; smdebug and the containers' launchers whose metadata pins are stale (sagemaker-containers,
+sagemaker-tensorflow-training: numpy<1.24) are installed there with ``--no-deps``.
 """
 
 from setuptools import find_packages, setup
@@ -12,6 +13,9 @@ INSTALL_REQUIRES = [
     "numpy>=1.26,<2.3",  # smdebug breaks on numpy>=2.3
     "torch==2.14.1",
     "torchvision==0.29.1",
+    # The second framework (train_keras.py, the TensorFlow Serving handlers). The CPU build: no CUDA wheels. Keras 3
+    # comes with it. It must import in either order with torchvision (scripts/bootstrap.sh removes triton for that).
+    "tensorflow-cpu==2.21.0",
     "xgboost-cpu>=3.0",
     "scikit-learn>=1.5",
     "matplotlib>=3.8",
@@ -32,7 +36,8 @@ INSTALL_REQUIRES = [
     "protobuf>=3.20",
     # The training images' own launchers, run by the local executor (mlops.local.containers):
     # sagemaker-training + the PyTorch image's entry point; sagemaker-containers 2.8.6 (the XGBoost image's
-    # launcher) is installed by scripts/bootstrap.sh with --no-deps, and needs flask besides what these bring.
+    # launcher) and sagemaker-tensorflow-training 20.5.0 (the TensorFlow image's entry point) are installed by
+    # scripts/bootstrap.sh with --no-deps, and need flask besides what these bring.
     "sagemaker-training==5.1.4",
     "sagemaker-pytorch-training==3.0.0",
     "inotify_simple==1.2.1",

@@ -23,7 +23,11 @@ PIP="$VENV/bin/pip"
 # sagemaker-containers 2.8.6 is the XGBoost 1.7-1 image's launcher (the local executor runs it); its pins (flask 1.1.1,
 # typing) break a modern environment, and the image itself overrides them, so install it alone too.
 "$PIP" install -q --no-deps sagemaker-containers==2.8.6
-# CPU torch does not need triton; it crashes processes that import tensorflow after torchvision.
+# sagemaker-tensorflow-training 20.5.0 is the TensorFlow image's entry point (the local executor runs it for
+# train_keras.py); it declares numpy<1.24, which tensorflow-cpu 2.21 (numpy>=1.26) contradicts: alone too.
+"$PIP" install -q --no-deps sagemaker-tensorflow-training==20.5.0
+# CPU torch does not need triton; it crashes processes that import tensorflow before torchvision
+# (tests/test_install.py imports them in both orders).
 "$PIP" uninstall -q -y triton 2>/dev/null || true
 rm -f "$VENV"/.bootstrap-*
 touch "$STAMP"

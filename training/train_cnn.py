@@ -8,13 +8,12 @@ inference code) to SM_MODEL_DIR and ``history.json`` + ``learning_curves.png`` t
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a job script: make the `training` package importable
@@ -29,91 +28,21 @@ from training.atomic import atomic_write_json, staged_dir
 from training.datasets import DatasetError, Split, load_manifest, load_split
 from training.debugger import session_from_env
 from training.distributed import Cluster
-from training.job_env import JobEnv, copy_inference_code, str2bool, write_failure
+from training.job_env import JobEnv, copy_inference_code, write_failure
 from training.metrics import format_metrics_line
-from training.models import ARCHITECTURES, build_model, count_parameters
+from training.models import build_model, count_parameters
+from training.train_common import (  # noqa: F401 - re-exported: TrainConfig & co. were defined here first
+    ARCHITECTURES,
+    OPTIMIZERS,
+    SCHEDULERS,
+    EpochRecord,
+    TrainConfig,
+    parse_args,
+    plot_learning_curves,
+    stratified_fraction,
+)
 
 LOG = logging.getLogger("train_cnn")
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULERS = ("onecycle", "cosine", "none")
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    architecture: str = "compact"
-    kernel_size: int = 3
-    width: int = 24
-    dropout: float = 0.05
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    scheduler: str = "onecycle"
-    augment: bool = True
-    rotation_degrees: float = 7.0
-    cutout: int = 8
-    cutout_prob: float = 0.3
-    seed: int = 42
-    train_fraction: float = 1.0
-    max_train_seconds: float = 0.0
-    num_threads: int = 0
-
-    def validate(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch-size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
-            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"),
-            (self.architecture in ARCHITECTURES, f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}"),
-            (self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}"),
-            (self.kernel_size in (3, 5, 7), f"kernel-size must be 3, 5 or 7, got {self.kernel_size}"),
-            (0.0 < self.train_fraction <= 1.0, f"train-fraction must be in (0, 1], got {self.train_fraction}"),
-            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
-            (0.0 <= self.cutout_prob <= 1.0, f"cutout-prob must be in [0, 1], got {self.cutout_prob}"),
-        ]
-        errors = [message for ok, message in checks if not ok]
-        if errors:
-            raise ValueError("invalid hyperparameters: " + "; ".join(errors))
-
-
-@dataclass
-class EpochRecord:
-    epoch: int
-    train_loss: float
-    val_loss: float
-    val_accuracy: float
-    lr: float
-    epoch_seconds: float
-    elapsed_seconds: float
-    extra: dict[str, float] = field(default_factory=dict)
-
-
-def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, list[str]]:
-    defaults = TrainConfig()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, value in asdict(defaults).items():
-        flag = "--" + name.replace("_", "-")
-        kind = str2bool if isinstance(value, bool) else type(value)
-        parser.add_argument(flag, dest=name, type=kind, default=value)
-    args, unknown = parser.parse_known_args(argv)
-    config = TrainConfig(**vars(args))
-    config.validate()
-    return config, unknown
-
-
-def stratified_fraction(split: Split, fraction: float, seed: int) -> Split:
-    """Keep ``fraction`` of each class (tuning trials train on a subset)."""
-    if fraction >= 1.0:
-        return split
-    rng = np.random.default_rng(seed)
-    keep = []
-    for label in np.unique(split.labels):
-        idx = np.flatnonzero(split.labels == label)
-        keep.append(rng.choice(idx, size=max(1, round(len(idx) * fraction)), replace=False))
-    order = np.sort(np.concatenate(keep))
-    return Split(split.images[order], split.labels[order])
 
 
 def to_tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,30 +187,6 @@ def train(config: TrainConfig, train_split: Split, val_split: Split, num_classes
     return model, history
 
 
-def plot_learning_curves(history: list[EpochRecord], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r.epoch for r in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r.train_loss for r in history], marker="o", label="train loss")
-    ax_loss.plot(epochs, [r.val_loss for r in history], marker="o", label="validation loss")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("cross-entropy")
-    ax_loss.legend()
-    ax_acc.plot(epochs, [r.val_accuracy for r in history], marker="o", color="tab:green")
-    ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("validation accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-    fig.suptitle("CNN learning curves")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def save_model(model: nn.Module, config: TrainConfig, manifest: dict, model_dir: Path) -> None:
     """Weights + the config that rebuilds the network + the inference code, in SageMaker's layout."""
     with staged_dir(model_dir) as staging:
@@ -326,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     env = JobEnv.from_environ()
     try:
-        config, unknown = parse_args(argv)
+        config, unknown = parse_args(argv, __doc__)
         if unknown:
             LOG.info("ignoring arguments not meant for this script: %s", " ".join(unknown))
         cluster = Cluster.from_environ()
