@@ -1,4 +1,5 @@
-"""What goes into a model's ``code/`` folder, so model.tar.gz deploys unchanged to SageMaker's PyTorch container.
+"""What goes into a model's ``code/`` folder, so model.tar.gz deploys unchanged to SageMaker's PyTorch container
+(or, for train_keras.py's SavedModel, to its TensorFlow Serving container).
 
 The training jobs call :func:`code_files` (or :func:`copy_code`) and put the files under ``SM_MODEL_DIR/code``:
 SageMaker unpacks model.tar.gz to /opt/ml/model and puts only ``code/`` on the path, hence ``models.py`` is a
@@ -13,16 +14,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+REQUIREMENTS = {"pytorch": "requirements.txt", "xgboost": "requirements-xgboost.txt",
+                "tensorflow": "requirements-tensorflow.txt"}
+
+
 def code_files(framework: str = "pytorch") -> dict[str, Path]:
-    """Name inside code/ -> source file. ``framework`` picks the requirements (xgboost needs the xgboost wheel)."""
-    if framework not in ("pytorch", "xgboost"):
-        raise ValueError(f"framework {framework!r} is not 'pytorch' or 'xgboost'")
-    requirements = "requirements.txt" if framework == "pytorch" else "requirements-xgboost.txt"
+    """Name inside code/ -> source file. ``framework`` picks the requirements (xgboost needs the xgboost wheel).
+
+    The TensorFlow Serving container imports the same inference.py for its input_handler/output_handler; the
+    network itself is the SavedModel, so no models.py goes with it.
+    """
+    if framework not in REQUIREMENTS:
+        raise ValueError(f"framework {framework!r} is not one of {', '.join(REQUIREMENTS)}")
     files = {
         "inference.py": ROOT / "inference" / "inference.py",
         "models.py": ROOT / "training" / "models.py",
-        "requirements.txt": ROOT / "inference" / requirements,
+        "requirements.txt": ROOT / "inference" / REQUIREMENTS[framework],
     }
+    if framework == "tensorflow":
+        del files["models.py"]
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"inference code files missing: {', '.join(missing)}")
