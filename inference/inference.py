@@ -23,18 +23,35 @@ toolkit's input_fn does not receive the model.
 Errors are :class:`InferenceError` carrying an HTTP status (400 bad input, 406 bad Accept, 413 too large,
 415 unsupported type); inside the SageMaker container they subclass the toolkit's
 GenericInferenceToolkitError so the container answers with that status too.
+
+The same file is the ``code/inference.py`` of a TensorFlow model (training/train_keras.py), for SageMaker's
+TensorFlow Serving container, whose contract is a pair of handlers around TF Serving's REST predict API:
+
+    input_handler(data, context) -> TF Serving request body (JSON text)
+    output_handler(response, context) -> (JSON text, "application/json")
+
+``data`` is the request stream, ``context`` the container's Context (``request_content_type``,
+``accept_header``, ...). input_handler decodes the body with input_fn (the same content types and errors) and
+sends raw pixels; the SavedModel normalizes them itself. A single image goes in TF Serving's columnar form
+(``{"inputs": ...}``, answered ``{"outputs": ...}``), a batch in its row form (``{"instances": ...}``, answered
+``{"predictions": ...}``), so output_handler knows which answer to give without shared state. Class names and
+the image shape come from ``model_config.json`` beside ``code/`` (``/opt/ml/model`` in the container). The real
+container answers 500 for any exception a handler raises; our local endpoint answers an InferenceError's status.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import functools
 import io
 import json
 import math
 import os
 import warnings
+from collections import namedtuple
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +69,8 @@ TOP_K = int(os.environ.get("MLOPS_TOP_K", "3"))
 CONFIG_FILE = "model_config.json"
 TORCH_WEIGHTS = "model.pth"
 XGBOOST_MODEL = "xgboost-model.json"
+FRAMEWORKS = ("pytorch", "xgboost", "tensorflow")
+TF_CONTAINER_MODEL_DIR = "/opt/ml/model"  # where SageMaker's TensorFlow Serving container unpacks model.tar.gz
 JSON_TYPE = "application/json"
 MAX_JSON_DEPTH = 8  # {"instances": [batch [rows [pixels]]]} is 4 deep; deeper is never an image
 MAX_JSON_ELEMENTS = MAX_BATCH * (784 + 28 + 1) + 16  # numbers and lists in the largest valid batch
@@ -150,8 +169,8 @@ def read_config(model_dir: str) -> dict[str, Any]:
     for field in ("framework", "num_classes"):
         if field not in config:
             raise ValueError(f"{path}: missing field {field!r}")
-    if config["framework"] not in ("pytorch", "xgboost"):
-        raise ValueError(f"{path}: framework {config['framework']!r} is not 'pytorch' or 'xgboost'")
+    if config["framework"] not in FRAMEWORKS:
+        raise ValueError(f"{path}: framework {config['framework']!r} is not one of {', '.join(FRAMEWORKS)}")
     names = config.get("class_names")
     if names is not None and len(names) != int(config["num_classes"]):
         raise ValueError(f"{path}: {len(names)} class_names for num_classes={config['num_classes']}")
@@ -207,6 +226,9 @@ def _compile_for_inference(net: Any, shape: list[int]) -> Any:
 def model_fn(model_dir: str) -> LoadedModel:
     """Load the model that model_config.json describes; weights never go through pickle."""
     config = read_config(model_dir)
+    if config["framework"] == "tensorflow":
+        raise ValueError(f"{model_dir}: a TensorFlow SavedModel is served by TensorFlow Serving through "
+                         "input_handler/output_handler, not loaded by model_fn")
     if config["framework"] == "xgboost":
         import xgboost
 
@@ -558,3 +580,94 @@ def output_fn(prediction: Prediction, accept: str | None) -> tuple[str, str]:
             raise InferenceError(500, "the model produced non-finite probabilities")
     body = answers[0] if prediction.single else {"predictions": answers}
     return json.dumps(body), JSON_TYPE
+
+
+# -- TensorFlow Serving container: input_handler / output_handler ------------------------------------------------
+
+# The Context the TensorFlow Serving container passes (sagemaker-tensorflow-serving-container, tfs_utils.py).
+Context = namedtuple("Context", "model_name, model_version, method, rest_uri, grpc_port, channel, "
+                                "custom_attributes, request_content_type, accept_header, content_length")
+
+
+def make_context(content_type: str | None, accept: str | None, content_length: int | None = None,
+                 rest_uri: str = "http://localhost:8501/v1/models/model:predict") -> Context:
+    """A Context as the container builds it from a request (its defaults: JSON in, JSON out)."""
+    return Context("model", None, None, rest_uri, None, None, None, content_type or JSON_TYPE, accept or JSON_TYPE,
+                   content_length)
+
+
+@functools.lru_cache(maxsize=8)
+def _tf_config(model_dir: str) -> dict[str, Any]:
+    return read_config(model_dir)
+
+
+def tf_model_dir() -> str:
+    """The model folder: the one holding this code/ folder (model.tar.gz's layout), else the container's."""
+    here = Path(__file__).resolve().parent.parent
+    return str(here) if (here / CONFIG_FILE).is_file() else TF_CONTAINER_MODEL_DIR
+
+
+def _read_request(data: Any) -> bytes:
+    if hasattr(data, "read"):
+        data = data.read(MAX_BODY_BYTES + 1)
+    if data is None:
+        return b""
+    return data.encode("utf-8") if isinstance(data, str) else bytes(data)
+
+
+def _pixels_json(pixels: np.ndarray) -> str:
+    """Pixels as JSON numbers (4 decimals of a 0..255 grey level are far below what the model can tell apart)."""
+    return json.dumps(np.round(pixels.astype(np.float64), 4).tolist())
+
+
+def input_handler(data: Any, context: Any) -> str:
+    """Request body -> TF Serving REST predict body: one image columnar ({"inputs"}), a batch row form ({"instances"})."""
+    body = _read_request(data)
+    batch = input_fn(body, getattr(context, "request_content_type", None))
+    config = _tf_config(tf_model_dir())
+    shape = tuple(int(d) for d in config.get("image_shape", (28, 28)))
+    if batch.pixels.shape[1:] != shape:
+        raise InferenceError(400, f"images of shape {batch.pixels.shape[1:]} do not match the model's {shape}")
+    if batch.single:
+        return '{"inputs": ' + _pixels_json(batch.pixels) + "}"
+    return '{"instances": ' + _pixels_json(batch.pixels) + "}"
+
+
+def _response_json(response: Any) -> Any:
+    status = int(getattr(response, "status_code", 200))
+    content = getattr(response, "content", response)
+    text = content.decode("utf-8", "replace") if isinstance(content, (bytes, bytearray)) else str(content)
+    if status != 200:
+        try:
+            message = json.loads(text).get("error", text)
+        except (ValueError, AttributeError):
+            message = text
+        raise InferenceError(status if 400 <= status < 600 else 502, f"TensorFlow Serving answered {status}: {message}")
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise InferenceError(502, f"TensorFlow Serving answered something that is not JSON: {text[:80]!r}") from None
+
+
+def output_handler(response: Any, context: Any) -> tuple[str, str]:
+    """TF Serving response -> the same JSON answer as output_fn (one object for one image, else predictions)."""
+    body = _response_json(response)
+    if not isinstance(body, dict) or not ("outputs" in body or "predictions" in body):
+        raise InferenceError(502, "TensorFlow Serving's answer has neither outputs nor predictions")
+    single = "outputs" in body
+    probabilities = body["outputs"] if single else body["predictions"]
+    if isinstance(probabilities, dict):  # several named outputs
+        probabilities = probabilities.get("probabilities")
+    if probabilities and isinstance(probabilities[0], dict):
+        probabilities = [row.get("probabilities") for row in probabilities]
+    try:
+        probs = np.asarray(probabilities, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InferenceError(502, "TensorFlow Serving's probabilities are not a table of numbers") from None
+    config = _tf_config(tf_model_dir())
+    num_classes = int(config["num_classes"])
+    if probs.ndim != 2 or probs.shape[1] != num_classes:
+        raise InferenceError(502, f"TensorFlow Serving answered probabilities of shape {probs.shape}, expected "
+                                  f"(N, {num_classes})")
+    names = [str(n) for n in (config.get("class_names") or range(num_classes))]
+    return output_fn(Prediction(probs, names, single), getattr(context, "accept_header", None))

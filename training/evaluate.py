@@ -1,7 +1,9 @@
 """Processing job: score a model on the test split, beside its baseline's figures.
 
 The model is loaded and run through the same handlers the endpoint serves (inference/inference.py), so the
-figures in the Model Registry are the figures of the code that will answer requests. Writes
+figures in the Model Registry are the figures of the code that will answer requests: a TensorFlow model's test
+images go as .npy request bodies through its own code/inference.py input_handler, TF Serving's predict API
+(inference/tf_serving.py, in process) and output_handler. Writes
 ``evaluation.json`` in SageMaker's model quality format (``multiclass_classification_metrics``) and
 ``confusion_matrix.png``. With ``--baseline-dir`` (another evaluation's output: the XGBoost baseline scored in
 its own image, which has xgboost where the PyTorch image does not) its figures go under ``baseline``.
@@ -32,7 +34,7 @@ LOG = logging.getLogger("evaluate")
 MODEL_ARCHIVE = "model.tar.gz"
 BOOTSTRAP_ROUNDS = 100
 REPORT = "evaluation.json"
-MODEL_NAMES = {"pytorch": "cnn", "xgboost": "xgboost"}
+MODEL_NAMES = {"pytorch": "cnn", "tensorflow": "cnn", "xgboost": "xgboost"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -120,11 +122,17 @@ def plot_confusion(matrix_json: dict, title: str, path: Path) -> None:
 def score(folder: Path, workdir: Path, pixels: np.ndarray, labels: np.ndarray, class_names: list[str],
           args: argparse.Namespace, what: str = "scored") -> tuple[str, dict]:
     """(model name, quality metrics) of the model in ``folder`` on the test pixels."""
-    from inference.inference import model_fn
+    from inference.inference import model_fn, read_config
 
     model_dir = unpack_model(folder, workdir, what)
     try:
-        model = model_fn(str(model_dir))
+        framework = read_config(str(model_dir))["framework"]
+        if framework == "tensorflow":  # the handlers of its code/ around TF Serving's predict API, in process
+            from inference.tf_serving import TensorFlowModel
+
+            model = TensorFlowModel(model_dir)
+        else:
+            model = model_fn(str(model_dir))
     except ImportError as exc:
         raise DatasetError(f"{folder}: this image cannot load the model ({exc}); score it in an image that "
                            "has its framework (the pipeline's EvaluateBaseline step runs in the XGBoost image)") from exc
@@ -134,8 +142,11 @@ def score(folder: Path, workdir: Path, pixels: np.ndarray, labels: np.ndarray, c
     if model.num_classes != len(class_names):
         raise DatasetError(f"{folder}: the {name} model has {model.num_classes} classes, the test set "
                            f"{len(class_names)}")
-    predicted = np.concatenate([model.predict_proba(pixels[i:i + 2000]).argmax(1)
-                                for i in range(0, len(pixels), 2000)])
+    if model.framework == "tensorflow":
+        predicted = model.predict_classes(pixels)
+    else:
+        predicted = np.concatenate([model.predict_proba(pixels[i:i + 2000]).argmax(1)
+                                    for i in range(0, len(pixels), 2000)])
     metrics = quality_metrics(labels, predicted, class_names, args.bootstrap_rounds, args.seed)
     LOG.info("%s test accuracy %.4f", name, metrics["accuracy"]["value"])
     return name, metrics

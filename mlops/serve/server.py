@@ -9,6 +9,12 @@ manages the processes: a worker whose loop stops answering its heartbeat for ``t
 SIGTERM drains in-flight requests, the pidfile and process names are its own. Bad requests get a JSON error
 with their status and never take a worker down.
 
+A TensorFlow model (training/train_keras.py: a SavedModel and ``code/inference.py``) is served the way SageMaker's
+TensorFlow Serving container serves it: each request goes through the model's own ``input_handler``, TF
+Serving's REST predict body (:mod:`inference.tf_serving`, TensorFlow in the worker) and ``output_handler``, with
+the same content types and errors as the PyTorch model. The predict bodies of requests that arrive together run
+as one batch, as TF Serving's own batching would.
+
 Run it with ``mlops deploy --target local`` or directly:
 ``python -m mlops.serve.server --model-dir DIR [--port 8080] [--workers N]``.
 """
@@ -16,6 +22,7 @@ Run it with ``mlops deploy --target local`` or directly:
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -45,7 +52,7 @@ def _error(resp: falcon.asgi.Response, status: int, message: str) -> None:
 
 
 class Ping:
-    def __init__(self, model: handlers.LoadedModel) -> None:
+    def __init__(self, model: Any) -> None:
         self.body = json.dumps({"status": "healthy", "framework": model.framework})
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
@@ -108,6 +115,42 @@ class Invocations:
         resp.text = text
 
 
+class TensorFlowInvocations(Invocations):
+    """POST /invocations for a TensorFlow model: input_handler -> TF Serving predict -> output_handler."""
+
+    def __init__(self, model: Any, max_body: int = handlers.MAX_BODY_BYTES, batcher: Batcher | None = None) -> None:
+        super().__init__(model, max_body, batcher or Batcher(model.server_rows, 1))
+        self.errors = (handlers.InferenceError, *model.errors)
+
+    async def _predict(self, request: str) -> Any:
+        """TF Serving's answer to a predict body; one-output requests join the loop's batch."""
+        from inference.tf_serving import Response, TFServingError
+
+        server = self.model.server
+        try:
+            form, signature, arrays = server.parse(request)
+            if signature not in (None, "serving_default") or len(arrays) != 1:
+                return server.predict(request)
+            rows = await self.batcher.submit(next(iter(arrays.values())))
+        except TFServingError as exc:
+            return Response(exc.status_code, json.dumps({"error": str(exc)}).encode("utf-8"))
+        return Response(200, server.format(form, {self.model.output_name: rows}))
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        try:
+            body = await self._read_body(req)
+            context = self.model.context(req.content_type, req.get_header("Accept"), len(body))
+            request = self.model.handlers.input_handler(io.BytesIO(body), context)
+            response = await self._predict(request)
+            text, content_type = self.model.handlers.output_handler(response, context)
+        except self.errors as exc:
+            log.info("%s %s -> %d %s", req.method, req.path, exc.status_code, exc.message)
+            _error(resp, exc.status_code, exc.message)
+            return
+        resp.content_type = content_type
+        resp.text = text
+
+
 class RefuseHugeBodies:
     """ASGI wrapper: a Content-Length beyond what is worth draining gets its 413 from the headers alone.
 
@@ -156,21 +199,30 @@ def create_app(model_dir: str | os.PathLike[str] | None = None, threads: int | N
     if not model_dir:
         raise RuntimeError("no model directory: pass model_dir or set MLOPS_MODEL_DIR")
     threads = threads or int(os.environ.get("MLOPS_TORCH_THREADS", "1"))
-    try:
-        import torch
+    tensorflow = handlers.read_config(model_dir)["framework"] == "tensorflow"
+    if not tensorflow:
+        try:
+            import torch
 
-        torch.set_num_threads(threads)
-    except ImportError:  # pragma: no cover - an XGBoost-only environment
-        pass
+            torch.set_num_threads(threads)
+        except ImportError:  # pragma: no cover - an XGBoost-only environment
+            pass
     max_batch = max_batch or int(_env_number("MLOPS_MAX_BATCH", DEFAULT_MAX_BATCH, int))
     if max_delay_ms is None:
         max_delay_ms = float(_env_number("MLOPS_MAX_DELAY_MS", DEFAULT_MAX_DELAY_MS, float))
-    model = handlers.model_fn(model_dir)
-    batcher = Batcher(model.predict_proba, max_batch, max_delay_ms / 1000.0)
+    if tensorflow:
+        from inference.tf_serving import TensorFlowModel
+
+        model: Any = TensorFlowModel(model_dir, threads)
+        invocations: Invocations = TensorFlowInvocations(
+            model, batcher=Batcher(model.server_rows, max_batch, max_delay_ms / 1000.0))
+    else:
+        model = handlers.model_fn(model_dir)
+        invocations = Invocations(model, batcher=Batcher(model.predict_proba, max_batch, max_delay_ms / 1000.0))
     app = falcon.asgi.App(media_type=falcon.MEDIA_JSON)
     app.req_options.strip_url_path_trailing_slash = True
     app.add_route("/ping", Ping(model))
-    app.add_route("/invocations", Invocations(model, batcher=batcher))
+    app.add_route("/invocations", invocations)
     app.add_error_handler(Exception, _unexpected)
     app.set_error_serializer(_serialize_http_error)
     return RefuseHugeBodies(app)
@@ -191,6 +243,11 @@ def check_model_dir(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Fail fast in the parent process with a clear message, before forking workers that would all fail."""
     path = Path(model_dir)
     config = handlers.read_config(str(path))
+    if config["framework"] == "tensorflow":
+        from inference.tf_serving import saved_model_path
+
+        saved_model_path(path)  # FileNotFoundError naming what TF Serving would miss
+        return config
     weights = handlers.TORCH_WEIGHTS if config["framework"] == "pytorch" else handlers.XGBOOST_MODEL
     if not (path / weights).is_file():
         raise FileNotFoundError(f"{path / weights} not found: {config['framework']} models need {weights}")
