@@ -25,14 +25,20 @@ STRATEGY = click.option("--tuning-strategy", type=click.Choice(["Bayesian", "Ran
                         help="Shape of the tuning job, chosen at build time [default: Bayesian; env "
                              "MLOPS_TUNING_STRATEGY]. With Bayesian, TuningStrategy=Random also works per run.")
 
+FRAMEWORK = click.option("--framework", type=click.Choice(["pytorch", "tensorflow"]), default=None,
+                         help="The CNN's framework, chosen at build time: PyTorch (train_cnn.py) or TensorFlow/Keras "
+                              "(train_keras.py, served by TensorFlow Serving) [default: pytorch; env MLOPS_FRAMEWORK].")
+
 
 def _built(ctx: click.Context, tuning_strategy: str | None, target: str = "local",
-           sdk_warnings: list[str] | None = None) -> tuple[PipelineConfig, dict]:
+           sdk_warnings: list[str] | None = None, framework: str | None = None) -> tuple[PipelineConfig, dict]:
     from mlops.definition.build import build_definition
 
     built_config = config(ctx)
     if tuning_strategy:
         built_config = replace(built_config, tuning_strategy=tuning_strategy)
+    if framework:
+        built_config = replace(built_config, framework=framework)
     built_config = built_config.for_local() if target == "local" else built_config.require_aws()
     return built_config, build_definition(built_config, sdk_warnings)
 
@@ -41,13 +47,15 @@ def _built(ctx: click.Context, tuning_strategy: str | None, target: str = "local
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the JSON here instead of stdout.")
 @click.option("--normalised", "--normalized", is_flag=True, help="Replace the code hash with a placeholder (for diffs).")
 @STRATEGY
+@FRAMEWORK
 @click.pass_context
-def definition(ctx: click.Context, output: str | None, normalised: bool, tuning_strategy: str | None) -> None:
+def definition(ctx: click.Context, output: str | None, normalised: bool, tuning_strategy: str | None,
+               framework: str | None) -> None:
     """Print or write the pipeline definition JSON (stable from run to run)."""
     from mlops.definition.build import normalise, to_json
 
     try:
-        _, built = _built(ctx, tuning_strategy)
+        _, built = _built(ctx, tuning_strategy, framework=framework)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     text = to_json(normalise(built) if normalised else built)
@@ -61,14 +69,18 @@ def definition(ctx: click.Context, output: str | None, normalised: bool, tuning_
 @click.command()
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
 @STRATEGY
+@FRAMEWORK
 @click.pass_context
-def validate(ctx: click.Context, file: str | None, tuning_strategy: str | None) -> None:
+def validate(ctx: click.Context, file: str | None, tuning_strategy: str | None, framework: str | None) -> None:
     """Check a definition (built now when FILE is omitted) against the SageMaker API shapes and its graph."""
     from mlops.definition.validate import errors_only, validate_definition
 
     sdk_warnings: list[str] = []
     try:
-        loaded = load_definition(file) if file else _built(ctx, tuning_strategy, sdk_warnings=sdk_warnings)[1]
+        if file and (tuning_strategy or framework):
+            raise ValueError("--tuning-strategy and --framework shape a definition being built; FILE is already built")
+        loaded = load_definition(file) if file else _built(ctx, tuning_strategy, sdk_warnings=sdk_warnings,
+                                                            framework=framework)[1]
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     issues = [Issue("sdk", "", text, "warning") for text in sdk_warnings] + validate_definition(loaded)
@@ -90,22 +102,23 @@ def validate(ctx: click.Context, file: str | None, tuning_strategy: str | None) 
 @click.option("--definition", "definition_file", type=click.Path(dir_okay=False), default=None,
               help="Run this definition file (the one `mlops validate` checked) instead of building one now.")
 @STRATEGY
+@FRAMEWORK
 @click.pass_context
 def run(ctx: click.Context, target: str, params: tuple[str, ...], wait: bool, tags: tuple[str, ...],
-        poll_seconds: float, definition_file: str | None, tuning_strategy: str | None) -> None:
+        poll_seconds: float, definition_file: str | None, tuning_strategy: str | None, framework: str | None) -> None:
     """Stage the code, then run the pipeline locally or upsert and start it on SageMaker."""
     try:
         overrides = parse_pairs(params)
         tag_map = parse_pairs(tags, option="--tag")
         if definition_file:
-            if tuning_strategy:
-                raise ValueError("--tuning-strategy shapes a definition being built; the file given with "
-                                 "--definition is already built")
+            if tuning_strategy or framework:
+                raise ValueError("--tuning-strategy and --framework shape a definition being built; the file "
+                                 "given with --definition is already built")
             built_config = config(ctx).for_local() if target == "local" else config(ctx).require_aws()
             built = load_definition(definition_file)
             _check_code_matches(built, built_config, definition_file)
         else:
-            built_config, built = _built(ctx, tuning_strategy, target)
+            built_config, built = _built(ctx, tuning_strategy, target, framework=framework)
         parse(built).check().resolve_parameters(overrides)  # refused here, before anything is staged
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))

@@ -40,6 +40,7 @@ def build_pipeline(config: PipelineConfig) -> Pipeline:
         model_package_group_name=config.model_package_group,
         base_job_prefix=config.base_job_prefix or config.pipeline_name,
         tuning_strategy=config.tuning_strategy,
+        framework=config.framework,
         **config.extra,
     )
 

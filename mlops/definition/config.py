@@ -20,6 +20,7 @@ DEFAULTS = {
     "model_package_group": ("MLOPS_MODEL_PACKAGE_GROUP", "image-classification"),
     "base_job_prefix": ("MLOPS_BASE_JOB_PREFIX", None),
     "tuning_strategy": ("MLOPS_TUNING_STRATEGY", "Bayesian"),  # a build option: it shapes the tuning job
+    "framework": ("MLOPS_FRAMEWORK", "pytorch"),  # a build option: the CNN's framework (pytorch or tensorflow)
 }
 
 
@@ -34,6 +35,7 @@ class PipelineConfig:
     model_package_group: str = "image-classification"
     base_job_prefix: str | None = None
     tuning_strategy: str = "Bayesian"
+    framework: str = "pytorch"
     extra: dict[str, Any] = field(default_factory=dict)  # passed to get_pipeline (cache_config, ...)
 
     @classmethod

@@ -17,6 +17,7 @@ from sagemaker.debugger import (
     rule_configs,
 )
 from sagemaker.pytorch import PyTorch
+from sagemaker.tensorflow import TensorFlow
 
 DEBUG_SAVE_INTERVAL = 50
 LOSS_SAVE_INTERVAL = 10
@@ -28,8 +29,8 @@ PROFILE_START_STEP = 5
 PROFILE_NUM_STEPS = 10
 
 
-class DebuggedPyTorch(PyTorch):
-    """A PyTorch estimator whose Debugger settings give the same definition on every build, and whose
+class _StableDebugger:
+    """Mixed into a framework estimator: its Debugger settings give the same definition on every build, and whose
     StopTraining actions name the jobs a pipeline really starts."""
 
     def _prepare_collection_configs(self) -> None:
@@ -51,6 +52,14 @@ class DebuggedPyTorch(PyTorch):
                 parameters["action_json"] = rule_configs.ActionList(
                     rule_configs.StopTraining(STOP_TRAINING_PREFIX)).serialize()
         return configs
+
+
+class DebuggedPyTorch(_StableDebugger, PyTorch):
+    """A PyTorch estimator with stable Debugger settings and pipeline-aware StopTraining actions."""
+
+
+class DebuggedTensorFlow(_StableDebugger, TensorFlow):
+    """The same for the TensorFlow estimator (train_keras.py's Keras callback saves what the rules read)."""
 
 
 def debugger_rules() -> list:

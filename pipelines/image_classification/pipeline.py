@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 from sagemaker import image_uris
 from sagemaker.estimator import EstimatorBase
@@ -28,6 +29,7 @@ from sagemaker.model import Model
 from sagemaker.model_metrics import MetricsSource, ModelMetrics
 from sagemaker.processing import ProcessingInput, ProcessingOutput, Processor
 from sagemaker.pytorch import PyTorch
+from sagemaker.tensorflow import TensorFlow, TensorFlowModel
 from sagemaker.workflow.condition_step import ConditionStep
 from sagemaker.workflow.conditions import ConditionGreaterThanOrEqualTo
 from sagemaker.workflow.fail_step import FailStep
@@ -45,7 +47,7 @@ from sagemaker.workflow.retry import (
 from sagemaker.workflow.steps import CacheConfig, ProcessingStep, TrainingStep, TuningStep
 from sagemaker.xgboost import XGBoost
 
-from pipelines.image_classification.debugging import DebuggedPyTorch, debugging_options
+from pipelines.image_classification.debugging import DebuggedPyTorch, DebuggedTensorFlow, debugging_options
 from pipelines.image_classification.parameters import Parameters, make_parameters
 from pipelines.image_classification.session import get_session, offline_default_session, quiet_sdk
 from pipelines.image_classification.tuning import TUNED_FINAL_HYPERPARAMETERS, TUNING_TRAIN_FRACTION, make_tuner
@@ -54,6 +56,16 @@ from training.metrics import CNN_METRIC_DEFINITIONS, XGBOOST_METRIC_DEFINITIONS
 
 PYTORCH_VERSION = "2.3"
 PYTORCH_PY_VERSION = "py311"
+# The newest TensorFlow in the SDK's image table (image_uri_config/tensorflow.json): training 2.19.0 (py312) and
+# TensorFlow Serving inference 2.19.0, both with CPU images.
+TENSORFLOW_VERSION = "2.19"
+TENSORFLOW_PY_VERSION = "py312"
+FRAMEWORKS = ("pytorch", "tensorflow")
+CNN_PROGRAMS = {"pytorch": "training/train_cnn.py", "tensorflow": "training/train_keras.py"}
+# The TensorFlow image's launcher requires a model_dir hyperparameter in tuning jobs; a container path keeps it
+# static (the SDK's default names an S3 prefix with the build's job name: a cache miss on every build). The
+# script writes to SM_MODEL_DIR, which this is.
+TENSORFLOW_MODEL_DIR = "/opt/ml/model"
 XGBOOST_VERSION = "1.7-1"
 CONTAINER_CODE_DIR = "/opt/ml/processing/input/code"
 EVALUATION_PATH = "/opt/ml/processing/evaluation"
@@ -94,6 +106,7 @@ class _Build:
     params: Parameters
     artifacts: str  # s3://bucket/pipeline-name
     base_job_prefix: str
+    framework: str = "pytorch"
 
 
 def default_cache_config() -> CacheConfig:
@@ -122,6 +135,18 @@ def pytorch_image(region: str, scope: str, instance_type: str = "ml.m5.xlarge") 
                                instance_type=instance_type, image_scope=scope)
 
 
+@functools.lru_cache(maxsize=32)
+def tensorflow_image(region: str, scope: str, instance_type: str = "ml.m5.xlarge") -> str:
+    return image_uris.retrieve("tensorflow", region, version=TENSORFLOW_VERSION,
+                               py_version=TENSORFLOW_PY_VERSION if scope == "training" else None,
+                               instance_type=instance_type, image_scope=scope)
+
+
+def framework_image(framework: str, region: str, scope: str, instance_type: str = "ml.m5.xlarge") -> str:
+    """The CNN framework's image: training (also Preprocess and Evaluate) or inference (the registered model)."""
+    return (tensorflow_image if framework == "tensorflow" else pytorch_image)(region, scope, instance_type)
+
+
 def xgboost_image(region: str) -> str:
     return image_uris.retrieve("xgboost", region, version=XGBOOST_VERSION, image_scope="training")
 
@@ -139,6 +164,7 @@ def get_pipeline(
     bundle: SourceBundle | None = None,
     tuning_strategy: str = "Bayesian",
     registered_model_source: str = "TrainCNN",
+    framework: str = "pytorch",
 ) -> Pipeline:
     """Build the Pipeline object; no network call is made (``mlops.staging`` uploads the code).
 
@@ -146,7 +172,12 @@ def get_pipeline(
     and capacity errors); pass ``CacheConfig(enable_caching=False)`` or ``[]`` to turn them off.
     ``tuning_strategy`` (Bayesian, Random, Grid or Hyperband) shapes the tuning job; ``registered_model_source``
     picks the CNN that is evaluated and registered: TrainCNN's (default) or the tuner's best trial.
+    ``framework`` is the CNN's: ``pytorch`` (train_cnn.py in the PyTorch image, served by the PyTorch inference
+    image) or ``tensorflow`` (train_keras.py in the TensorFlow image, script mode, registered as a TensorFlow
+    Serving model); Preprocess and Evaluate run in that framework's training image.
     """
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"framework={framework!r}: expected one of {', '.join(FRAMEWORKS)}")
     if not role:
         raise ValueError("role is required: an IAM role ARN SageMaker jobs run as (MLOPS_ROLE_ARN)")
     if not default_bucket:
@@ -156,7 +187,7 @@ def get_pipeline(
                          f"{', '.join(MODEL_SOURCES)}")
     with quiet_sdk():
         session = get_session(region, default_bucket)
-    build = _Build(region=region, role=role, session=session,
+    build = _Build(region=region, role=role, session=session, framework=framework,
                    code=code_location(default_bucket, pipeline_name, bundle or collect_bundle()),
                    params=make_parameters(default_bucket, tuning_strategy),
                    artifacts=f"s3://{default_bucket}/{pipeline_name}", base_job_prefix=base_job_prefix)
@@ -266,13 +297,7 @@ def get_pipeline(
         evaluation_uri = step_evaluate.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri
         model_metrics = ModelMetrics(model_statistics=MetricsSource(
             content_type="application/json", s3_uri=Join(on="/", values=[evaluation_uri, "evaluation.json"])))
-        model = Model(
-            image_uri=pytorch_image(region, "inference", instance_type="ml.m5.large"),
-            model_data=cnn_model_data,
-            role=role,
-            sagemaker_session=session,
-            env={"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code"},
-        )
+        model = _serving_model(build, cnn_model_data)
         step_register = ModelStep(
             name=STEPS.register,
             step_args=model.register(
@@ -318,11 +343,28 @@ def get_pipeline(
         )
 
 
+def _serving_model(build: _Build, model_data: Any) -> Model:
+    """What Register registers: the model.tar.gz with its code/ in the framework's inference image."""
+    image = framework_image(build.framework, build.region, "inference", instance_type="ml.m5.large")
+    if build.framework == "tensorflow":
+        # TensorFlow Serving loads <model>/1/ and the container imports code/inference.py (input_handler,
+        # output_handler) by itself: no entry point, so no repack step.
+        return TensorFlowModel(model_data=model_data, role=build.role, framework_version=TENSORFLOW_VERSION,
+                               image_uri=image, sagemaker_session=build.session)
+    return Model(
+        image_uri=image,
+        model_data=model_data,
+        role=build.role,
+        sagemaker_session=build.session,
+        env={"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code"},
+    )
+
+
 def _processor(build: _Build, script: str, image_uri: str | None = None) -> Processor:
-    """A processing job that runs ``training/<script>`` from the bundle (in the PyTorch image by default)."""
+    """A processing job that runs ``training/<script>`` from the bundle (in the CNN framework's image by default)."""
     return Processor(
         role=build.role,
-        image_uri=image_uri or pytorch_image(build.region, "training"),
+        image_uri=image_uri or framework_image(build.framework, build.region, "training"),
         entrypoint=["python3", f"{CONTAINER_CODE_DIR}/training/{script}"],
         instance_type=build.params.processing_instance_type,
         instance_count=build.params.processing_instance_count,
@@ -358,14 +400,13 @@ def _xgboost_estimator(build: _Build) -> EstimatorBase:
 
 
 def _cnn_estimator(build: _Build, *, name: str, output: str, debug_uri: str | None,
-                   hyperparameters: dict) -> PyTorch:
-    """PyTorch script mode from the staged bundle; ``debug_uri`` = where Debugger/Profiler output goes (None: off)."""
-    return (DebuggedPyTorch if debug_uri else PyTorch)(
-        entry_point="training/train_cnn.py",
+                   hyperparameters: dict) -> EstimatorBase:
+    """PyTorch or TensorFlow script mode from the staged bundle; ``debug_uri`` = where Debugger/Profiler output
+    goes (None: off)."""
+    options: dict[str, Any] = dict(
+        entry_point=CNN_PROGRAMS[build.framework],
         source_dir=build.code.tarball_uri,
-        framework_version=PYTORCH_VERSION,
-        py_version=PYTORCH_PY_VERSION,
-        image_uri=pytorch_image(build.region, "training"),
+        image_uri=framework_image(build.framework, build.region, "training"),
         role=build.role,
         instance_type=build.params.training_instance_type,
         instance_count=build.params.training_instance_count,
@@ -377,3 +418,9 @@ def _cnn_estimator(build: _Build, *, name: str, output: str, debug_uri: str | No
         enable_sagemaker_metrics=True,
         **debugging_options(debug_uri),
     )
+    if build.framework == "tensorflow":
+        return (DebuggedTensorFlow if debug_uri else TensorFlow)(
+            framework_version=TENSORFLOW_VERSION, py_version=TENSORFLOW_PY_VERSION, model_dir=TENSORFLOW_MODEL_DIR,
+            **options)
+    return (DebuggedPyTorch if debug_uri else PyTorch)(
+        framework_version=PYTORCH_VERSION, py_version=PYTORCH_PY_VERSION, **options)

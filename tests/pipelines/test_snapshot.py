@@ -1,5 +1,6 @@
-"""The normalised definition must match tests/snapshots/pipeline_definition.json, so every change to the
-pipeline shows up in review as a diff of that file.
+"""The normalised definition must match tests/snapshots/pipeline_definition.json (the PyTorch build) and
+pipeline_definition_tensorflow.json (``--framework tensorflow``), so every change to the pipeline shows up in
+review as a diff of those files.
 
 After an intended change, regenerate the snapshot and commit it with the change:
 
@@ -15,18 +16,24 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from mlops.definition.build import build_definition, normalise, to_json
 from mlops.definition.config import LOCAL_BUCKET, LOCAL_ROLE_ARN, PipelineConfig
 
-SNAPSHOT = Path(__file__).parent / "snapshots" / "pipeline_definition.json"
+SNAPSHOTS = {"pytorch": Path(__file__).parent / "snapshots" / "pipeline_definition.json",
+             "tensorflow": Path(__file__).parent / "snapshots" / "pipeline_definition_tensorflow.json"}
 CONFIG = PipelineConfig(region="us-east-1", role=LOCAL_ROLE_ARN, bucket=LOCAL_BUCKET,
                         pipeline_name="image-classification", model_package_group="image-classification")
 
 
-def test_definition_matches_snapshot():
-    current = to_json(normalise(build_definition(CONFIG)))
+@pytest.mark.parametrize("framework", sorted(SNAPSHOTS))
+def test_definition_matches_snapshot(framework: str):
+    SNAPSHOT = SNAPSHOTS[framework]
+    current = to_json(normalise(build_definition(replace(CONFIG, framework=framework))))
     if os.environ.get("MLOPS_UPDATE_SNAPSHOTS") == "1":
         from training.atomic import atomic_write_text
 

@@ -81,3 +81,25 @@ def test_definition_normalised_flag(monkeypatch):
     assert result.exit_code == 0
     text = json.dumps(json.loads(result.output))
     assert "/code/<code-hash>/" in text and "sagemaker_job_name" not in text
+
+
+def test_framework_option_builds_validates_and_runs_tensorflow(local):
+    """--framework tensorflow: train_keras.py in the TensorFlow image, a TensorFlow Serving model registered; the
+    built definition validates and is what `mlops run` hands on; a built file refuses the option."""
+    import json
+
+    from mlops.cli import main
+
+    runner = CliRunner()
+    validated = runner.invoke(main, ["validate", "--framework", "tensorflow"])
+    assert validated.exit_code == 0, validated.output
+    assert "valid (9 steps checked" in validated.output
+    calls, _ = local
+    result = runner.invoke(main, ["run", "--framework", "tensorflow", "--param", "CnnEpochs=2"])
+    assert result.exit_code == 0, result.output
+    text = json.dumps(calls["definition"])
+    assert "training/train_keras.py" in text and "train_cnn.py" not in text
+    assert "tensorflow-training:2.19-cpu-py312" in text and "tensorflow-inference:2.19-cpu" in text
+    assert "pytorch" not in text.lower().replace("sagemaker.pytorch", "")
+    refused = runner.invoke(main, ["run", "--framework", "tensorflow", "--definition", "x.json"])
+    assert refused.exit_code != 0 and "--framework" in refused.output
