@@ -591,8 +591,9 @@ Context = namedtuple("Context", "model_name, model_version, method, rest_uri, gr
 
 def make_context(content_type: str | None, accept: str | None, content_length: int | None = None,
                  rest_uri: str = "http://localhost:8501/v1/models/model:predict") -> Context:
-    """A Context as the container builds it from a request (its defaults: JSON in, JSON out)."""
-    return Context("model", None, None, rest_uri, None, None, None, content_type or JSON_TYPE, accept or JSON_TYPE,
+    """A Context as the container builds it from a request. The container reads a request without Content-Type
+    as JSON; here it stays None, so the answer is the PyTorch model's 415 (no Accept still means JSON)."""
+    return Context("model", None, None, rest_uri, None, None, None, content_type, accept or JSON_TYPE,
                    content_length)
 
 
