@@ -21,7 +21,7 @@ from mlops.registry import LocalRegistry
 from mlops.store import s3_uri_to_path
 from tests.helpers.models import load_mnist
 
-SLICE = {"MaxTrainSamples": "3000", "MaxTestSamples": "500", "CnnEpochs": "3", "XGBoostNumRound": "20",
+SLICE = {"MaxTrainSamples": "3000", "MaxTestSamples": "500", "CnnEpochs": "8", "XGBoostNumRound": "20",
          "TuningMaxJobs": "2", "TuningMaxParallelJobs": "2", "AccuracyThreshold": "0.85"}
 
 
