@@ -180,7 +180,10 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
 def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     total = config.epochs * steps_per_epoch
     if config.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25,
+        # OneCycleLR divides by zero when its warm-up spans under one step (total_steps <= 4: a few batches of a
+        # small image folder); a run that short stops part-way through the schedule instead.
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(total, 5),
+                                                   pct_start=0.25,
                                                    div_factor=10.0, final_div_factor=100.0)
     if config.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)

@@ -209,8 +209,21 @@ def test_a_trailing_batch_of_one_is_dropped(architecture: str) -> None:
     train_split = Split(rng.normal(size=(9, 28, 28)).astype(np.float32), np.arange(9) % 3)
     val_split = Split(rng.normal(size=(3, 28, 28)).astype(np.float32), np.arange(3))
     config = train_cnn.TrainConfig(architecture=architecture, epochs=1, batch_size=4, lr=0.01, augment=False)
-    model, history = train_cnn.train(config, train_split, val_split, 3, normalization=NORM)
+    _, history = train_cnn.train(config, train_split, val_split, 3, normalization=NORM)
     assert len(history) == 1 and np.isfinite(history[0].train_loss)
+
+
+@pytest.mark.parametrize("total_steps", [1, 2, 4, 5])
+def test_one_cycle_schedules_runs_of_a_few_steps(total_steps: int) -> None:
+    """OneCycleLR divides by zero when its warm-up is under one step; small folders give runs that short."""
+    model = torch.nn.Linear(2, 2)
+    config = train_cnn.TrainConfig(epochs=total_steps)
+    optimizer = train_cnn.make_optimizer(config, model)
+    scheduler = train_cnn.make_scheduler(config, optimizer, steps_per_epoch=1)
+    for _ in range(total_steps):
+        optimizer.step()
+        scheduler.step()
+    assert 0 < optimizer.param_groups[0]["lr"] <= config.lr
 
 
 @pytest.mark.slow
