@@ -22,7 +22,7 @@ from mlops.store import s3_uri_to_path
 from tests.helpers import free_port
 from tests.training.test_formats import make_image_folder
 
-PARAMS = {"CnnEpochs": "4", "XGBoostNumRound": "10", "TuningMaxJobs": "1", "TuningMaxParallelJobs": "1",
+PARAMS = {"CnnEpochs": "10", "XGBoostNumRound": "10", "TuningMaxJobs": "1", "TuningMaxParallelJobs": "1",
           "AccuracyThreshold": "0.5", "DataFormat": "image-folder", "ImageSize": "28", "CnnArchitecture": "resnet18"}
 
 
