@@ -225,7 +225,8 @@ def model_fn(model_dir: str) -> LoadedModel:
     channels = int(config.get("in_channels", shape[0] if len(shape) == 3 else 1))
     net = build_model(config.get("architecture", "compact"), int(config["num_classes"]),
                       kernel_size=int(config.get("kernel_size", 3)), width=config.get("width"),
-                      dropout=config.get("dropout"), in_channels=channels, image_size=int(shape[-1]))
+                      dropout=config.get("dropout"), in_channels=channels, image_size=int(shape[-1]),
+                      normalization=config.get("normalization"))  # resnet18 undoes it, then applies ImageNet's
     state = torch.load(os.path.join(model_dir, TORCH_WEIGHTS), map_location="cpu", weights_only=True)
     net.load_state_dict(state)
     net.eval()

@@ -207,9 +207,11 @@ def get_pipeline(
         final_hyperparameters = {"epochs": params.cnn_epochs,
                                  **{name: best[name] for name in TUNED_FINAL_HYPERPARAMETERS},
                                  "architecture": params.cnn_architecture}
+        # Its weights channel: pretrained weights for resnet18 (the trials never get one).
         cnn = _cnn_estimator(build, name="cnn", output="models/cnn", debug_uri=f"{build.artifacts}/debug",
                              hyperparameters=final_hyperparameters)
-        step_train_cnn = TrainingStep(name=STEPS.train_cnn, step_args=cnn.fit(inputs=channels), **job_options)
+        cnn_channels = {**channels, "weights": TrainingInput(s3_data=params.pretrained_weights)}
+        step_train_cnn = TrainingStep(name=STEPS.train_cnn, step_args=cnn.fit(inputs=cnn_channels), **job_options)
 
         # EvaluateBaseline: the XGBoost baseline on the test split, in the XGBoost image (the PyTorch image has
         # no xgboost, and a job must not pip-install at run time: no internet in a VPC).
