@@ -54,11 +54,11 @@ def test_build_is_offline_and_fast(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: other work on the machine must not fail the test
     built = build_definition(CONFIG)
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
     assert built["Steps"]
-    assert elapsed < 2.0, f"building the definition took {elapsed:.2f} s (budget 2 s after imports)"
+    assert elapsed < 2.0, f"building the definition took {elapsed:.2f} s of CPU (budget 2 s after imports)"
 
 
 def test_definition_is_stable_between_builds(definition):
