@@ -109,7 +109,7 @@ class Batch:
     single: bool = False
     image: Image.Image | None = None
     media_type: str = ""
-    body: bytes | None = dataclass_field(default=None, repr=False)  # an image's encoded bytes, if it must be decoded again
+    body: bytes | None = dataclass_field(default=None, repr=False)  # an image's bytes, to decode it again
     drafted: bool = False  # a large JPEG decoded at reduced scale (cheap for digits; decoded in full otherwise)
 
 
@@ -644,9 +644,10 @@ def model_input(batch: Batch, model: LoadedModel) -> np.ndarray:
     if batch.media_type == "text/csv":
         fitted = _fit_array(pixels, model) if pixels.ndim == 2 else None
         if fitted is None:
+            values = model.channels * model.height * model.width
             raise InferenceError(400, f"text/csv: rows of {pixels.shape[-1]} values do not fit this model's "
-                                      f"{shape_name} input; expected rows of {model.channels * model.height * model.width}"
-                                      " pixel values (one image per row, channel-first)")
+                                      f"{shape_name} input; expected rows of {values} pixel values (one image per "
+                                      "row, channel-first)")
         fitted = (fitted[0], False)
     else:
         fitted = _fit_array(pixels, model)

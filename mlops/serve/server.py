@@ -43,8 +43,8 @@ class EndpointWorker(UvicornWorker):
     """uvicorn inside gunicorn, pinned to the C event loop and parser; no lifespan or proxy-header handling,
     which this loopback endpoint does not use and every request would otherwise pay for."""
 
-    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {"loop": "uvloop", "http": "httptools", "lifespan": "off", "proxy_headers": False,
-                     "server_header": False}
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {"loop": "uvloop", "http": "httptools", "lifespan": "off",
+                                               "proxy_headers": False, "server_header": False}
 
 
 def _error(resp: falcon.asgi.Response, status: int, message: str) -> None:
