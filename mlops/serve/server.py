@@ -1,5 +1,5 @@
 """The local endpoint: SageMaker's container contract (GET /ping, POST /invocations), falcon's ASGI app on
-uvicorn workers (uvloop + httptools) managed by gunicorn.
+uvicorn workers (uvloop + httptools, :mod:`mlops.serve.http`) managed by gunicorn.
 
 Each gunicorn worker is one process with one event loop (no thread pool, so no GIL hand-offs between request
 threads), loads the model once after the fork with a torch thread pool of ``threads`` threads (1 by default:
@@ -21,11 +21,10 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import falcon
 import falcon.asgi
-from uvicorn_worker import UvicornWorker
 
 from inference import inference as handlers
 from mlops.serve.batching import Batcher, check_bounds
@@ -37,14 +36,6 @@ DRAIN_FACTOR = 4
 DEFAULT_MAX_BATCH = 32  # images per forward pass when requests overlap (dynamic batching)
 DEFAULT_MAX_DELAY_MS = 0.0  # 0: never wait for company, batch only what queued while the model was busy
 READ_CHUNK = 1 << 16
-
-
-class EndpointWorker(UvicornWorker):
-    """uvicorn inside gunicorn, pinned to the C event loop and parser; no lifespan or proxy-header handling,
-    which this loopback endpoint does not use and every request would otherwise pay for."""
-
-    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {"loop": "uvloop", "http": "httptools", "lifespan": "off",
-                                               "proxy_headers": False, "server_header": False}
 
 
 def _error(resp: falcon.asgi.Response, status: int, message: str) -> None:
@@ -224,7 +215,7 @@ def serve(model_dir: str | os.PathLike[str], host: str = DEFAULT_HOST, port: int
             settings = {
                 "bind": f"{host}:{port}" if ":" not in host else f"[{host}]:{port}",
                 "workers": workers or default_workers(),
-                "worker_class": f"{__name__}.EndpointWorker",
+                "worker_class": "mlops.serve.http.EndpointWorker",
                 "timeout": timeout,
                 "graceful_timeout": 10,
                 "keepalive": 5,

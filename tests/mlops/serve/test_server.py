@@ -117,6 +117,46 @@ def test_oversized_body_refused_before_it_is_sent(server, digits):
     good_request_works(port, digits)
 
 
+def raw_exchange(port: int, raw: bytes) -> tuple[int, dict]:
+    """Send raw bytes, read the whole answer (the server closes after a refusal): (status, JSON body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            sock.sendall(raw)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before everything was sent: the answer is still waiting to be read
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+HUGE_HEADER = b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n"
+MANY_HEADERS = b"GET /ping HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(150)) + b"\r\n"
+WIDE_HEADERS = (b"GET /ping HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"b" * 1000) for i in range(70))
+                + b"\r\n")
+LONG_URL = b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize(("name", "raw", "status"), [
+    ("a 1 MB header", HUGE_HEADER, 431), ("150 header fields", MANY_HEADERS, 431),
+    ("70 KB of headers", WIDE_HEADERS, 431), ("a 9 KB request target", LONG_URL, 414),
+    ("not HTTP", b"GARBAGE\r\n\r\n", 400)])
+def test_request_heads_are_bounded_and_refused_in_json(server, digits, name, raw, status):
+    """httptools itself has no limits: the worker's protocol counts the head as it arrives."""
+    port, _ = server
+    got, answer = raw_exchange(port, raw)
+    assert got == status and answer["status"] == status and answer["error"], name
+    good_request_works(port, digits)
+
+
+def test_a_large_but_reasonable_header_is_served(server, digits):
+    port, _ = server
+    got, answer = raw_exchange(port, b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: " + b"a" * 20_000
+                               + b"\r\n\r\n")
+    assert got == 200 and answer["status"] == "healthy"
+
+
 def test_chunked_good_request(server, digits):
     port, _ = server
     png = digits[0][0]
