@@ -350,6 +350,7 @@ def save_model(model: nn.Module, config: TrainConfig, manifest: dict, model_dir:
             "image_shape": manifest["image_shape"],
             "in_channels": 3 if len(manifest["image_shape"]) == 3 else 1,
             "normalization": manifest["normalization"],
+            "data_format": manifest.get("format", "idx"),  # idx 28x28: the endpoint reads images as MNIST digits
         })
         copy_inference_code(staging, "pytorch")
 
