@@ -42,6 +42,8 @@ def _by_variant(plan: Plan, runs: list[Run]) -> list[tuple[Any, list[Run]]]:
 def learning_curves(plan: Plan, runs: list[Run]) -> bytes:
     """Variants side by side: losses on top, validation accuracy below, one colour per seed, shared axes."""
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     groups = _by_variant(plan, runs)
     figure, axes = plt.subplots(2, len(groups), figsize=(3.3 * len(groups) + 0.6, 5.6), sharey="row",
                                 squeeze=False)
@@ -60,6 +62,7 @@ def learning_curves(plan: Plan, runs: list[Run]) -> bytes:
         bottom.set_xlabel("epoch")
         for axis in (top, bottom):
             axis.grid(alpha=0.3)
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].set_ylabel("cross-entropy (— train, -- validation)")
     axes[1][0].set_ylabel("validation accuracy")
     axes[0][-1].legend(fontsize=7, loc="upper right")
