@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import collections.abc
+import errno
 import os
 import shutil
 import subprocess
@@ -87,7 +88,8 @@ def _from_store(url: str, dst: str) -> None:
 
     source = s3_uri_to_path(url)
     if not source.is_file():
-        raise FileNotFoundError(f"{url}: no such object in the local store ({source})")
+        # With an errno: sagemaker-training exits with the exception's errno, and None would exit 0.
+        raise FileNotFoundError(errno.ENOENT, f"{url}: no such object in the local store ({source})")
     shutil.copyfile(source, dst)
 
 

@@ -121,6 +121,24 @@ def test_container_config_is_what_the_training_toolkit_reads(tmp_path):
     assert seen["program"] == "training/train.py" and seen["module_dir"] == "s3://b/c.tar.gz"
 
 
+def test_a_job_finds_the_store_from_its_own_folder_and_a_missing_object_fails_it(tmp_path, monkeypatch):
+    """The default store (.mlops in the working directory) is relative, and a training job runs in its own folder:
+    the job is told where the store is. A missing object raises with an errno, as sagemaker-training exits with
+    the exception's errno (None would exit 0 and a job without its code would pass)."""
+    import errno
+
+    from mlops.local.containers import _from_store
+    from mlops.local.training import _environment
+
+    monkeypatch.delenv("MLOPS_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    env = _environment("job", tmp_path / "job", 1, {}, "algo-1", ["algo-1"])
+    assert env["MLOPS_HOME"] == str(tmp_path / ".mlops")
+    with pytest.raises(FileNotFoundError) as missing:
+        _from_store("s3://mlops-local/code/sourcedir.tar.gz", str(tmp_path / "x"))
+    assert missing.value.errno == errno.ENOENT and "no such object in the local store" in str(missing.value)
+
+
 def test_several_hosts_get_addresses_they_can_reach():
     assert host_names("job", 1) == ["algo-1"]
     hosts = host_names("job", 3)
