@@ -3,6 +3,9 @@
 Preprocess once, then every variant x seed as a training job and an evaluation job of the local executor (one
 execution of the experiment pipeline, ``<pipeline-name>-experiment``: ``mlops executions steps|logs ID`` show
 them), then report.html + results.csv + runs.csv in ``--out`` (default ``.mlops/experiments/<execution id>``).
+The plan as given is kept beside the execution (``experiment.json``) before anything runs, so an experiment that
+failed, was stopped or lost its process is finished with ``--resume ID``: the executor's retry reruns only what
+did not succeed, then the report is written.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,11 +28,21 @@ from mlops.cli.pipeline import stage_inputs
 from mlops.definition.model import DefinitionError, parse
 from mlops.experiment.plan import PlanError, make_plan
 from mlops.experiment.report import ReportExists, check_destination, write_report
-from mlops.experiment.results import RULES, ResultsError, collect, compare, default_rule
+from mlops.experiment.results import (
+    RULES,
+    ResultsError,
+    collect,
+    compare,
+    default_rule,
+    results_frame,
+    runs_frame,
+)
 from mlops.local import commands, records
+from training.atomic import atomic_write_json
 
 DATA_FORMATS = ["auto", "idx", "cifar10", "image-folder"]
 EXPERIMENT_SUFFIX = "-experiment"
+SPEC = "experiment.json"  # beside the execution: the plan as given, so --resume can finish it
 
 
 def _build(pipeline_config, plan, parallel: int) -> dict[str, Any]:
@@ -129,10 +143,14 @@ def _print_results(results_table, factors: list[str], comparisons, out: Path) ->
                    "[default: welch when scipy is installed].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report folder [default: .mlops/experiments/<execution id>]; must not exist or be empty.")
+@click.option("--resume", metavar="EXECUTION_ID", default=None,
+              help="Finish an experiment that failed or was stopped: rerun its failed and unrun jobs (as `mlops "
+                   "executions retry` does, keeping the finished ones), then write its report. Takes no other "
+                   "option but --out and --rule.")
 @click.pass_context
 def experiment(ctx: click.Context, factors: tuple[str, ...], fixed: tuple[str, ...], grid: bool, seeds: int,
                epochs: int, samples: int, test_samples: int, data: str | None, data_format: str, image_size: int,
-               parallel: int, rule: str | None, out: Path | None) -> None:
+               parallel: int, rule: str | None, out: Path | None, resume: str | None) -> None:
     """Compare train_cnn.py hyperparameters in a controlled experiment, locally, and write a report.
 
     Each --vary is a factor. With one factor the variants are its levels. With several, one factor is varied
@@ -146,16 +164,23 @@ def experiment(ctx: click.Context, factors: tuple[str, ...], fixed: tuple[str, .
     parameters, seconds per epoch, learning curves and confusion matrices, and says for each variant whether
     its difference from the baseline is beyond the seed-to-seed noise.
     """
-    try:
-        plan = make_plan(factors, fixed, seeds, grid)
-    except PlanError as exc:
-        fail(str(exc))
     if out is not None:
         out = out.resolve()
         try:
             check_destination(out)
         except ReportExists as exc:
             fail(str(exc))
+    if resume is not None:
+        given = [f"--{name.replace('_', '-')}" for name in ctx.params if name not in ("out", "rule", "resume")
+                 and ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+        if given:
+            fail(f"--resume finishes the experiment as it was planned; {', '.join(given)} cannot change it")
+        _resume(resume, rule, out)
+        return
+    try:
+        plan = make_plan(factors, fixed, seeds, grid)
+    except PlanError as exc:
+        fail(str(exc))
     base = config(ctx).for_local()
     pipeline_config = replace(base, pipeline_name=base.pipeline_name + EXPERIMENT_SUFFIX)
     overrides = {"CnnEpochs": str(epochs), "MaxTrainSamples": str(samples), "MaxTestSamples": str(test_samples),
@@ -170,29 +195,66 @@ def experiment(ctx: click.Context, factors: tuple[str, ...], fixed: tuple[str, .
     _print_plan(plan)
     stage_inputs(pipeline_config, built, overrides, staging.stage_local, staging.stage_dataset_local,
                  staging.stage_local_path_local)
+    execution_id = commands.new_execution_id()
+    spec = {"vary": list(factors), "set": list(fixed), "seeds": seeds, "grid": grid, "rule": rule,
+            "out": str(out) if out else None, "command": _command(ctx)}
+    spec_path = commands.execution_dir(execution_id) / SPEC
+    atomic_write_json(spec_path, spec)  # before the run: what --resume needs if this process dies
     try:
-        execution_id = commands.run(built, overrides, pipeline_name=pipeline_config.pipeline_name, wait=True)
-    except DefinitionError as exc:
+        commands.run(built, overrides, pipeline_name=pipeline_config.pipeline_name, wait=True,
+                     execution_id=execution_id)
+    except DefinitionError as exc:  # nothing ran
+        shutil.rmtree(spec_path.parent, ignore_errors=True)
         fail(str(exc))
+    _finish(execution_id, plan, spec, rule, out)
+
+
+def _resume(execution_id: str, rule: str | None, out: Path | None) -> None:
+    try:
+        spec = json.loads((commands.execution_dir(execution_id) / SPEC).read_text())
+    except (OSError, ValueError):
+        fail(f"{execution_id} is not a local experiment (no {SPEC} in {commands.execution_dir(execution_id)})")
+    try:
+        plan = make_plan(spec["vary"], spec["set"], spec["seeds"], spec["grid"])
+    except PlanError as exc:
+        fail(f"experiment {execution_id}: its plan no longer checks with train_cnn.py: {exc}")
+    if out is None and spec.get("out"):
+        out = Path(spec["out"])
+        try:
+            check_destination(out)
+        except ReportExists as exc:
+            fail(str(exc))
+    status = commands.describe_execution(execution_id)["PipelineExecutionStatus"]
+    if status in (records.FAILED, records.STOPPED):
+        click.echo(f"experiment {execution_id} ended {status}: rerunning its failed and unrun jobs")
+        try:
+            commands.retry(execution_id)
+        except commands.ExecutionStateError as exc:
+            fail(str(exc))
+    elif status != records.SUCCEEDED:
+        fail(f"experiment {execution_id} is {status}; wait for it to end")
+    _finish(execution_id, plan, spec, rule or spec.get("rule"), out)
+
+
+def _finish(execution_id: str, plan, spec: dict[str, Any], rule: str | None, out: Path | None) -> None:
+    """The execution's outcome; when it succeeded, the report, the table and the findings."""
     described = commands.describe_execution(execution_id)
     status = described.get("PipelineExecutionStatus")
     if status != records.SUCCEEDED:
         reason = described.get("FailureReason")
         fail(f"experiment execution {execution_id} ended {status}" + (f": {reason}" if reason else "")
-             + f"; no report was written (logs: mlops executions logs {execution_id})")
+             + f"; no report was written (logs: mlops executions logs {execution_id}; to finish it: "
+               f"mlops experiment --resume {execution_id})")
     rule = rule or default_rule()
     out = out or store.mlops_home() / "experiments" / execution_id
     try:
         runs = collect(plan, execution_id)
         comparisons = compare(plan, runs, rule)
         execution = records.get_execution(execution_id)
-        write_report(out, plan, runs, comparisons, execution_id=execution_id, rule=rule,
-                     command=_command(ctx),
-                     parameters=execution.parameters if execution else overrides,
+        write_report(out, plan, runs, comparisons, execution_id=execution_id, rule=rule, command=spec["command"],
+                     parameters=execution.parameters if execution else {},
                      execution_report=described.get("ReportPath"))
     except (ResultsError, ReportExists, OSError) as exc:
         fail(f"experiment {execution_id}: {exc}; no report was written")
-    from mlops.experiment.results import results_frame, runs_frame
-
     _print_results(results_frame(plan, runs_frame(plan, runs), comparisons), [f.name for f in plan.factors],
                    comparisons, out)

@@ -78,6 +78,23 @@ def test_every_variant_and_seed_is_a_recorded_job_and_the_report_compares_them(f
 
 
 @pytest.mark.slow
+def test_resume_writes_the_report_of_a_finished_experiment_and_refuses_a_new_plan(finished, tmp_path: Path):
+    execution_id, first, _ = finished
+    spec = commands.execution_dir(execution_id) / "experiment.json"
+    assert "kernel-size=3,5" in spec.read_text()
+    again = tmp_path / "again"
+    result = mlops("experiment", "--resume", execution_id, "--out", str(again), "--rule", "2sd")
+    assert result.exit_code == 0, result.output
+    assert (again / "report.html").is_file() and "2 x pooled std" in result.output
+    assert pd.read_csv(again / "runs.csv")["training_job"].tolist() == pd.read_csv(first / "runs.csv")[
+        "training_job"].tolist()  # the same jobs: nothing ran again
+    refused = mlops("experiment", "--resume", execution_id, "--seeds", "3")
+    assert refused.exit_code == 1 and "--seeds cannot change it" in refused.output
+    unknown = mlops("experiment", "--resume", "nosuchexecut")
+    assert unknown.exit_code == 1 and "is not a local experiment" in unknown.output
+
+
+@pytest.mark.slow
 def test_a_failing_experiment_writes_no_report(home, tmp_path: Path):
     data = tmp_path / "broken"
     data.mkdir()
@@ -87,7 +104,7 @@ def test_a_failing_experiment_writes_no_report(home, tmp_path: Path):
                    "--out", str(out))
     assert result.exit_code == 1
     assert "ended Failed" in result.output and "Step Preprocess failed" in result.output
-    assert "no report was written" in result.output
+    assert "no report was written" in result.output and "mlops experiment --resume" in result.output
     assert not out.exists() and not (tmp_path / "reports").exists()
     failed = commands.list_executions(PIPELINE)[0]
     assert failed["PipelineExecutionStatus"] == "Failed"
