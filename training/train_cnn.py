@@ -372,7 +372,8 @@ def run(config: TrainConfig, env: JobEnv, debug_session=None, cluster: Cluster |
         return history
     save_model(model, config, manifest, env.model_dir)
     with staged_dir(env.output_data_dir) as staging:
-        atomic_write_json(staging / "history.json", {"config": asdict(config), "epochs": [asdict(r) for r in history],
+        atomic_write_json(staging / "history.json", {"config": asdict(config), "parameters": count_parameters(model),
+                                                     "epochs": [asdict(r) for r in history],
                                                      "pretrained_weights": pretrained.name if pretrained else None})
         plot_learning_curves(history, staging / "learning_curves.png")
     return history

@@ -125,7 +125,7 @@ def _check_code_matches(built: dict[str, Any], built_config: PipelineConfig, sou
                          "--pipeline-name), or check out the commit it was built from")
 
 
-def _stage_inputs(built_config: PipelineConfig, built: dict[str, Any], overrides: dict[str, str], upload_code,
+def stage_inputs(built_config: PipelineConfig, built: dict[str, Any], overrides: dict[str, str], upload_code,
                   upload_data, upload_path, upload_note) -> None:
     """Upload the code bundle and, unless InputDataUrl is overridden, the shipped dataset to its default URI.
 
@@ -159,7 +159,7 @@ def _stage_inputs(built_config: PipelineConfig, built: dict[str, Any], overrides
 
 
 def _run_local(built_config: PipelineConfig, built: dict[str, Any], overrides: dict[str, str], wait: bool) -> None:
-    _stage_inputs(built_config, built, overrides, staging.stage_local, staging.stage_dataset_local,
+    stage_inputs(built_config, built, overrides, staging.stage_local, staging.stage_dataset_local,
                   staging.stage_local_path_local, staging.stage_no_weights_note_local)
     try:
         execution_id = commands.run(built, overrides, pipeline_name=built_config.pipeline_name, wait=wait)
@@ -180,7 +180,7 @@ def _run_sagemaker(built_config: PipelineConfig, built: dict[str, Any], override
 
     driver = SageMakerDriver(built_config.region)
     try:
-        _stage_inputs(built_config, built, overrides, driver.stage_code, driver.stage_dataset,
+        stage_inputs(built_config, built, overrides, driver.stage_code, driver.stage_dataset,
                       lambda source, bucket, target: staging.stage_local_path_to_s3(source, bucket, driver.s3, target),
                       lambda uri: staging.stage_no_weights_note_to_s3(uri, driver.s3))
         result = driver.upsert(built_config.pipeline_name, built, built_config.role, tags=tags,

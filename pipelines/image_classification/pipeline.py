@@ -84,7 +84,7 @@ STEPS = StepNames()
 
 
 @dataclass(frozen=True)
-class _Build:
+class Build:
     """What every step of one build needs."""
 
     region: str
@@ -154,12 +154,8 @@ def get_pipeline(
     if registered_model_source not in MODEL_SOURCES:
         raise ValueError(f"registered_model_source={registered_model_source!r}: expected one of "
                          f"{', '.join(MODEL_SOURCES)}")
-    with quiet_sdk():
-        session = get_session(region, default_bucket)
-    build = _Build(region=region, role=role, session=session,
-                   code=code_location(default_bucket, pipeline_name, bundle or collect_bundle()),
-                   params=make_parameters(default_bucket, tuning_strategy),
-                   artifacts=f"s3://{default_bucket}/{pipeline_name}", base_job_prefix=base_job_prefix)
+    build = make_build(region, role, default_bucket, pipeline_name, base_job_prefix, bundle, tuning_strategy)
+    session = build.session
     cache_config = cache_config if cache_config is not None else default_cache_config()
     retry_policies = list(retry_policies) if retry_policies is not None else default_retry_policies()
     job_options = {"cache_config": cache_config, "retry_policies": retry_policies}
@@ -167,27 +163,7 @@ def get_pipeline(
 
     with offline_default_session(session.boto_session), quiet_sdk():
         # Preprocess: raw images -> normalized train/validation/test splits.
-        step_preprocess = ProcessingStep(
-            name=STEPS.preprocess,
-            step_args=_processor(build, "preprocess.py").run(
-                inputs=[
-                    _code_input(build.code),
-                    ProcessingInput(source=params.input_data, destination="/opt/ml/processing/input/raw",
-                                    input_name="raw"),
-                ],
-                outputs=[ProcessingOutput(output_name=split, source=f"/opt/ml/processing/output/{split}")
-                         for split in ("train", "validation", "test")],
-                arguments=[
-                    "--input-dir", "/opt/ml/processing/input/raw",
-                    "--output-dir", "/opt/ml/processing/output",
-                    "--max-train-samples", params.max_train_samples.to_string(),
-                    "--max-test-samples", params.max_test_samples.to_string(),
-                    "--data-format", params.data_format,
-                    "--image-size", params.image_size.to_string(),
-                ],
-            ),
-            **job_options,
-        )
+        step_preprocess = preprocess_step(build, job_options)
         splits = step_preprocess.properties.ProcessingOutputConfig.Outputs
         channels = {split: TrainingInput(s3_data=splits[split].S3Output.S3Uri) for split in ("train", "validation")}
 
@@ -197,7 +173,7 @@ def get_pipeline(
 
         # TuneCNN: search the CNN's hyperparameters on a subset (trials carry no Debugger/Profiler: tuning jobs
         # cannot run rules, and the trials must stay cheap).
-        trial = _cnn_estimator(build, name="cnn-trial", output="models/tuning", debug_uri=None,
+        trial = cnn_estimator(build, name="cnn-trial", output="models/tuning", debug_uri=None,
                                hyperparameters={"train-fraction": TUNING_TRAIN_FRACTION})
         tuner = make_tuner(trial, params, tuning_strategy, base_job_prefix)
         step_tune = TuningStep(name=STEPS.tune_cnn, step_args=tuner.fit(inputs=channels), **job_options)
@@ -208,7 +184,7 @@ def get_pipeline(
                                  **{name: best[name] for name in TUNED_FINAL_HYPERPARAMETERS},
                                  "architecture": params.cnn_architecture}
         # Its weights channel: pretrained weights for resnet18 (the trials never get one).
-        cnn = _cnn_estimator(build, name="cnn", output="models/cnn", debug_uri=f"{build.artifacts}/debug",
+        cnn = cnn_estimator(build, name="cnn", output="models/cnn", debug_uri=f"{build.artifacts}/debug",
                              hyperparameters=final_hyperparameters)
         cnn_channels = {**channels, "weights": TrainingInput(s3_data=params.pretrained_weights)}
         step_train_cnn = TrainingStep(name=STEPS.train_cnn, step_args=cnn.fit(inputs=cnn_channels), **job_options)
@@ -219,9 +195,9 @@ def get_pipeline(
                                      input_name="test")
         step_evaluate_baseline = ProcessingStep(
             name=STEPS.evaluate_baseline,
-            step_args=_processor(build, "evaluate.py", image_uri=xgboost_image(region)).run(
+            step_args=processor(build, "evaluate.py", image_uri=xgboost_image(region)).run(
                 inputs=[
-                    _code_input(build.code),
+                    code_input(build.code),
                     ProcessingInput(source=step_train_xgb.properties.ModelArtifacts.S3ModelArtifacts,
                                     destination="/opt/ml/processing/model", input_name="model"),
                     test_input,
@@ -243,9 +219,9 @@ def get_pipeline(
         evaluation_report = PropertyFile(name="EvaluationReport", output_name="evaluation", path="evaluation.json")
         step_evaluate = ProcessingStep(
             name=STEPS.evaluate,
-            step_args=_processor(build, "evaluate.py").run(
+            step_args=processor(build, "evaluate.py").run(
                 inputs=[
-                    _code_input(build.code),
+                    code_input(build.code),
                     ProcessingInput(source=cnn_model_data, destination="/opt/ml/processing/model/cnn",
                                     input_name="cnn-model"),
                     ProcessingInput(source=baseline_uri, destination="/opt/ml/processing/baseline",
@@ -320,7 +296,44 @@ def get_pipeline(
         )
 
 
-def _processor(build: _Build, script: str, image_uri: str | None = None) -> Processor:
+def make_build(region: str, role: str, default_bucket: str, pipeline_name: str, base_job_prefix: str,
+               bundle: SourceBundle | None = None, tuning_strategy: str = "Bayesian") -> Build:
+    """What every step of a build needs: the SDK session, the staged code's URIs and the parameters."""
+    with quiet_sdk():
+        session = get_session(region, default_bucket)
+    return Build(region=region, role=role, session=session,
+                 code=code_location(default_bucket, pipeline_name, bundle or collect_bundle()),
+                 params=make_parameters(default_bucket, tuning_strategy),
+                 artifacts=f"s3://{default_bucket}/{pipeline_name}", base_job_prefix=base_job_prefix)
+
+
+def preprocess_step(build: Build, job_options: dict) -> ProcessingStep:
+    """Preprocess: raw images (InputDataUrl, DataFormat) -> normalized train/validation/test splits."""
+    params = build.params
+    return ProcessingStep(
+        name=STEPS.preprocess,
+        step_args=processor(build, "preprocess.py").run(
+            inputs=[
+                code_input(build.code),
+                ProcessingInput(source=params.input_data, destination="/opt/ml/processing/input/raw",
+                                input_name="raw"),
+            ],
+            outputs=[ProcessingOutput(output_name=split, source=f"/opt/ml/processing/output/{split}")
+                     for split in ("train", "validation", "test")],
+            arguments=[
+                "--input-dir", "/opt/ml/processing/input/raw",
+                "--output-dir", "/opt/ml/processing/output",
+                "--max-train-samples", params.max_train_samples.to_string(),
+                "--max-test-samples", params.max_test_samples.to_string(),
+                "--data-format", params.data_format,
+                "--image-size", params.image_size.to_string(),
+            ],
+        ),
+        **job_options,
+    )
+
+
+def processor(build: Build, script: str, image_uri: str | None = None) -> Processor:
     """A processing job that runs ``training/<script>`` from the bundle (in the PyTorch image by default)."""
     return Processor(
         role=build.role,
@@ -334,11 +347,11 @@ def _processor(build: _Build, script: str, image_uri: str | None = None) -> Proc
     )
 
 
-def _code_input(code: StagedCode) -> ProcessingInput:
+def code_input(code: StagedCode) -> ProcessingInput:
     return ProcessingInput(source=code.source_uri, destination=CONTAINER_CODE_DIR, input_name="code")
 
 
-def _xgboost_estimator(build: _Build) -> EstimatorBase:
+def _xgboost_estimator(build: Build) -> EstimatorBase:
     return XGBoost(
         # The XGBoost container runs the program as a module (python -m <program minus .py>), after pip-installing
         # the bundle: a module name, not a path (training/train_xgboost.py fails with "No module named ...").
@@ -359,8 +372,8 @@ def _xgboost_estimator(build: _Build) -> EstimatorBase:
     )
 
 
-def _cnn_estimator(build: _Build, *, name: str, output: str, debug_uri: str | None,
-                   hyperparameters: dict) -> PyTorch:
+def cnn_estimator(build: Build, *, name: str, output: str, debug_uri: str | None,
+                  hyperparameters: dict) -> PyTorch:
     """PyTorch script mode from the staged bundle; ``debug_uri`` = where Debugger/Profiler output goes (None: off)."""
     return (DebuggedPyTorch if debug_uri else PyTorch)(
         entry_point="training/train_cnn.py",

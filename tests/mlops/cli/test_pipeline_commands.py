@@ -97,7 +97,7 @@ def test_run_sagemaker_uploads_a_local_weights_path_first(tmp_path, monkeypatch)
     weights = tmp_path / "resnet18.pth"
     weights.write_bytes(b"w")
     overrides = {"PretrainedWeightsUrl": str(weights), "InputDataUrl": "s3://bkt/data/x/"}
-    cli_pipeline._stage_inputs(config, built, overrides, lambda bundle, staged: [], lambda local, uri: [],
+    cli_pipeline.stage_inputs(config, built, overrides, lambda bundle, staged: [], lambda local, uri: [],
                                lambda source, bucket, target: staging.stage_local_path_to_s3(source, bucket, client,
                                                                                               target),
                                lambda uri: staging.stage_no_weights_note_to_s3(uri, client))
