@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: bootstrap run test test-fast lint bench-training bench-executor bench-endpoint bench-bluegreen clean
+.PHONY: bootstrap run test test-fast lint bench-training bench-executor bench-endpoint bench-forward bench-memory bench-bluegreen clean
 
 bootstrap:
 	@./scripts/bootstrap.sh
@@ -31,6 +31,12 @@ bench-executor: bootstrap
 
 bench-endpoint: bootstrap
 	$(BIN)/python benchmarks/bench_endpoint.py
+
+bench-forward: bootstrap
+	$(BIN)/python benchmarks/bench_forward.py
+
+bench-memory: bootstrap
+	$(BIN)/python benchmarks/bench_memory.py
 
 bench-bluegreen: bootstrap
 	$(BIN)/python benchmarks/bench_bluegreen.py

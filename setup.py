@@ -18,6 +18,8 @@ INSTALL_REQUIRES = [
     "tensorflow-cpu==2.21.0",
     "xgboost-cpu>=3.0",
     "scikit-learn>=1.5",
+    "pandas>=2.1",  # the tables people open in a spreadsheet: experiments, tuning trials, registry list --format csv
+    "scipy>=1.11",  # the experiment report's Welch t-test (scikit-learn needs it too)
     "matplotlib>=3.8",
     "Pillow>=10.0",
     "click>=8.1",

@@ -61,7 +61,7 @@ def load(port: int, body: bytes, clients: int, seconds: float) -> dict:
 def run_server(model_dir: Path, max_batch: int, seconds: float, body: bytes) -> dict:
     from tests.helpers.serving import serving
 
-    with serving(model_dir, "--workers", "2", "--connections", "8", "--max-batch", str(max_batch)) as (port, _):
+    with serving(model_dir, "--workers", "2", "--max-batch", str(max_batch)) as (port, _):
         load(port, body, 1, 1.0)  # warm-up
         row = {"max_batch": max_batch, "loadavg": os.getloadavg()[0]}
         row["c1"] = load(port, body, 1, seconds)

@@ -1,24 +1,34 @@
-"""SageMaker inference handlers for the MNIST classifiers (CNN and XGBoost baseline).
+"""SageMaker inference handlers for the image classifiers (CNN and XGBoost baseline), any size and colour.
 
 Implements the SageMaker inference toolkit contract, so the same file serves inside SageMaker's PyTorch
 inference container (as ``code/inference.py`` in model.tar.gz) and in our local endpoint:
 
     model_fn(model_dir) -> model
-    input_fn(body, content_type) -> Batch of raw pixels (0..255, float32, shape (N, 28, 28))
-    predict_fn(batch, model) -> Prediction (class probabilities)
+    input_fn(body, content_type) -> Batch: the request as decoded (numbers as sent, or one decoded image)
+    predict_fn(batch, model) -> Prediction (class probabilities); it calls model_input(batch, model), which
+        fits the request to the model's input: raw pixels 0..255, float32, (N, *image_shape)
     output_fn(prediction, accept) -> (JSON text, "application/json")
 
-Request bodies (pixels are intensities 0..255, MNIST polarity: white digit on black):
-- application/json: one image as 28x28 nested lists or 784 numbers -> one answer; a batch as a list of
-  those (or {"instances": [...]}) -> {"predictions": [...]}.
-- application/x-npy: a numpy .npy array (no pickles), shape (28, 28) or (784,) for one image, (N, 28, 28),
-  (N, 784) or (N, 1, 28, 28) for a batch.
-- text/csv: one image per row of 784 values (the XGBoost container's format); always a batch answer.
-- image/png, image/jpeg: any size and colour. Converted the way MNIST was made: grayscale, polarity fixed
-  (a light background is inverted), and, unless already 28x28, cropped to the ink, fitted into 20x20 and
-  centred by centre of mass in 28x28.
-Normalisation (scale, mean, std) comes from model_config.json and is applied in predict_fn, because the
-toolkit's input_fn does not receive the model.
+The toolkit's input_fn does not receive the model, so everything that depends on it (the shape an array must
+have, how an image is read, normalisation) happens in model_input and predict_fn; our endpoint calls
+model_input itself before batching requests together.
+
+Request bodies (pixels are intensities 0..255; C, H, W are the model's channels and size, image_shape in
+model_config.json):
+- application/json: nested lists or {"instances": [...]}; application/x-npy: a numpy .npy array (no pickles).
+  One image is (H, W) for a grayscale model, (C, H, W) or (H, W, C) for a colour one (and (H, W, 1) for
+  grayscale), or H*W*C numbers in channel-first order -> one answer; a batch is (N, H, W), (N, C, H, W),
+  (N, H, W, C) or (N, H*W*C) -> {"predictions": [...]}. Any other shape is a 400 listing the shapes the model
+  accepts.
+- text/csv: one image per row of H*W*C values (the XGBoost container's format); always a batch answer.
+- image/png, image/jpeg, webp, bmp, tiff: any size and colour. For a digit model (28x28 grayscale, trained on
+  IDX data such as MNIST) converted the way MNIST was made: grayscale, polarity fixed (a light background is
+  inverted), alpha composited, and, unless already 28x28, cropped to the ink, fitted into 20x20 and centred by
+  centre of mass in 28x28. Any other model reads the image the way its training job read its image folder
+  (training/formats.py): converted to RGB or L, bilinear resize to the model's size.
+Normalisation (scale, mean, std) comes from model_config.json and is applied in predict_fn; XGBoost models of
+large images then area-downsample their input the way their training job did (``xgboost_input``,
+training/features.py, shipped as code/features.py).
 
 Errors are :class:`InferenceError` carrying an HTTP status (400 bad input, 406 bad Accept, 413 too large,
 415 unsupported type); inside the SageMaker container they subclass the toolkit's
@@ -31,8 +41,9 @@ TensorFlow Serving container, whose contract is a pair of handlers around TF Ser
     output_handler(response, context) -> (JSON text, "application/json")
 
 ``data`` is the request stream, ``context`` the container's Context (``request_content_type``,
-``accept_header``, ...). input_handler decodes the body with input_fn (the same content types and errors) and
-sends raw pixels; the SavedModel normalizes them itself. A single image goes in TF Serving's columnar form
+``accept_header``, ...). input_handler decodes the body with input_fn and fits it with model_input (the same
+content types, any-size/colour images and errors as a PyTorch model) and sends raw pixels; the SavedModel
+normalizes them itself. A single image goes in TF Serving's columnar form
 (``{"inputs": ...}``, answered ``{"outputs": ...}``), a batch in its row form (``{"instances": ...}``, answered
 ``{"predictions": ...}``), so output_handler knows which answer to give without shared state. Class names and
 the image shape come from ``model_config.json`` beside ``code/`` (``/opt/ml/model`` in the container). The real
@@ -51,6 +62,7 @@ import os
 import warnings
 from collections import namedtuple
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +84,12 @@ XGBOOST_MODEL = "xgboost-model.json"
 FRAMEWORKS = ("pytorch", "xgboost", "tensorflow")
 TF_CONTAINER_MODEL_DIR = "/opt/ml/model"  # where SageMaker's TensorFlow Serving container unpacks model.tar.gz
 JSON_TYPE = "application/json"
-MAX_JSON_DEPTH = 8  # {"instances": [batch [rows [pixels]]]} is 4 deep; deeper is never an image
-MAX_JSON_ELEMENTS = MAX_BATCH * (784 + 28 + 1) + 16  # numbers and lists in the largest valid batch
+MAX_JSON_DEPTH = 8  # {"instances": [batch [rows [columns [channels]]]]} is 5 deep; deeper is never an image
+# Numbers and lists a JSON body may hold, counted before parsing. 2**21 is what a 6 MB body holds at 3 bytes a
+# number ("12,"): 682 images of 3x32x32 or 2,674 of 28x28, more than a body of real pixel values (about 3.6 bytes a
+# number) can carry; only a batch of mostly one-digit values could be longer, and .npy carries such batches.
+MAX_JSON_ELEMENTS = 2 ** 21
+DIGIT_SHAPE = (28, 28)  # digit models (IDX data such as MNIST) get MNIST's own recipe for images
 # Pillow format per media type; Pillow must read the format (WebP needs libwebp, TIFF libtiff for some codecs).
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP",
                "image/bmp": "BMP", "image/x-ms-bmp": "BMP", "image/tiff": "TIFF"}
@@ -102,10 +118,20 @@ class InferenceError(_ErrorBase):
 
 @dataclass
 class Batch:
-    """Raw pixels (0..255) of N images; ``single`` says whether the caller sent one image, not a list."""
+    """A request as decoded, before :func:`model_input` fits it to a model.
 
-    pixels: np.ndarray
-    single: bool
+    Numbers (JSON, .npy, CSV) are ``pixels``: float32 0..255, checked to be finite and in range, in the shape
+    they were sent. An image is ``image``: decoded (its pixel count checked from the header first) but not yet
+    converted, because how it is read depends on the model. ``single`` says whether the answer is one object
+    rather than a list; for arrays only the model's shape can tell, so model_input settles it.
+    """
+
+    pixels: np.ndarray | None = None
+    single: bool = False
+    image: Image.Image | None = None
+    media_type: str = ""
+    body: bytes | None = dataclass_field(default=None, repr=False)  # an image's bytes, to decode it again
+    drafted: bool = False  # a large JPEG decoded at reduced scale (cheap for digits; decoded in full otherwise)
 
 
 @dataclass
@@ -127,7 +153,19 @@ class LoadedModel:
         self.num_classes = int(config["num_classes"])
         names = config.get("class_names") or [str(i) for i in range(self.num_classes)]
         self.class_names = [str(n) for n in names]
-        self.image_shape = tuple(int(d) for d in config.get("image_shape", (28, 28)))
+        self.image_shape = tuple(int(d) for d in config.get("image_shape", DIGIT_SHAPE))
+        if len(self.image_shape) not in (2, 3):
+            raise ValueError(f"image_shape {list(self.image_shape)}: expected [H, W] or [C, H, W]")
+        self.height, self.width = self.image_shape[-2:]
+        default_channels = self.image_shape[0] if len(self.image_shape) == 3 else 1
+        self.channels = int(config.get("in_channels", default_channels))
+        if self.channels != default_channels:
+            raise ValueError(f"in_channels {self.channels} does not match image_shape {list(self.image_shape)}")
+        self.data_format = str(config.get("data_format", "idx"))  # models from before data_format was recorded: IDX
+        # MNIST's recipe is for digits: 28x28 grayscale models of IDX data; others read images like their training.
+        self.digit_input = self.image_shape == DIGIT_SHAPE and self.data_format == "idx"
+        self.xgboost_input = config.get("xgboost_input") if framework == "xgboost" else None
+        self._features = _xgboost_features() if self.xgboost_input else None
         norm = config.get("normalization") or {}
         self.scale = float(norm.get("scale", 1 / 255))
         self.mean = float(norm.get("mean", 0.0))
@@ -137,10 +175,11 @@ class LoadedModel:
         return ((pixels * self.scale - self.mean) / self.std).astype(np.float32, copy=False)
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, num_classes) for raw pixels: (N, H, W) grayscale or (N, C, H, W)."""
+        """Class probabilities (N, num_classes) for raw pixels in the model's layout: (N, H, W) or (N, C, H, W)."""
         x = self.normalise(pixels)
         if self.framework == "xgboost":
-            out = np.asarray(self.predictor.inplace_predict(x.reshape(len(x), -1)), dtype=np.float64)
+            rows = self._features(x, self.xgboost_input) if self._features else x.reshape(len(x), -1)
+            out = np.asarray(self.predictor.inplace_predict(rows), dtype=np.float64)
             if out.ndim == 1:  # multi:softmax gives labels, not probabilities
                 probs = np.zeros((len(out), self.num_classes))
                 probs[np.arange(len(out)), out.astype(int)] = 1.0
@@ -153,6 +192,15 @@ class LoadedModel:
             tensor = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.contiguous(memory_format=torch.channels_last)
             logits = self.predictor(tensor)
             return torch.softmax(logits.float(), dim=1).numpy()
+
+
+def _xgboost_features() -> Any:
+    """training/features.py's xgboost_features: code/features.py inside SageMaker's container."""
+    try:
+        from features import xgboost_features
+    except ImportError:  # the source tree
+        from training.features import xgboost_features
+    return xgboost_features
 
 
 def read_config(model_dir: str) -> dict[str, Any]:
@@ -247,7 +295,8 @@ def model_fn(model_dir: str) -> LoadedModel:
     channels = int(config.get("in_channels", shape[0] if len(shape) == 3 else 1))
     net = build_model(config.get("architecture", "compact"), int(config["num_classes"]),
                       kernel_size=int(config.get("kernel_size", 3)), width=config.get("width"),
-                      dropout=config.get("dropout"), in_channels=channels, image_size=int(shape[-1]))
+                      dropout=config.get("dropout"), in_channels=channels, image_size=int(shape[-1]),
+                      normalization=config.get("normalization"))  # resnet18 undoes it, then applies ImageNet's
     state = torch.load(os.path.join(model_dir, TORCH_WEIGHTS), map_location="cpu", weights_only=True)
     net.load_state_dict(state)
     net.eval()
@@ -260,30 +309,21 @@ def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
 
 
-def _as_batch(array: np.ndarray, what: str) -> Batch:
-    """Accept (28,28) / (784,) as one image and (N,28,28) / (N,784) / (N,1,28,28) as a batch."""
+def _numbers(array: np.ndarray, what: str) -> np.ndarray:
+    """The request's numbers as float32 pixels, in the shape sent: numeric, finite, 0..255, not empty."""
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise InferenceError(400, f"{what}: expected numbers, got dtype {array.dtype}")
     if np.iscomplexobj(array):
         raise InferenceError(400, f"{what}: complex numbers are not pixels")
-    shape = array.shape
-    if shape == (28, 28) or shape == (784,):
-        single, images = True, array.reshape(1, 28, 28)
-    elif shape[1:] in ((28, 28), (784,), (1, 28, 28)):
-        single, images = False, array.reshape(-1, 28, 28)
-    else:
-        raise InferenceError(400, f"{what}: shape {shape} is not an image of 28x28 (or 784) pixels or a batch of them")
-    if len(images) == 0:
-        raise InferenceError(400, f"{what}: empty batch")
-    if len(images) > MAX_BATCH:
-        raise InferenceError(413, f"{what}: batch of {len(images)} images exceeds the limit of {MAX_BATCH}")
-    images = images.astype(np.float32)
-    if not np.isfinite(images).all():
+    if array.size == 0:
+        raise InferenceError(400, f"{what}: empty array of shape {array.shape}: no images")
+    pixels = array.astype(np.float32)
+    if not np.isfinite(pixels).all():
         raise InferenceError(400, f"{what}: contains NaN or infinite values")
-    low, high = float(images.min()), float(images.max())
+    low, high = float(pixels.min()), float(pixels.max())
     if low < 0 or high > 255:
         raise InferenceError(400, f"{what}: pixel values must lie in 0..255, got {low:g}..{high:g}")
-    return Batch(images, single)
+    return pixels
 
 
 def _json_structure(body: bytes) -> tuple[int, int]:
@@ -323,10 +363,10 @@ def _from_json(body: bytes) -> Batch:
     depth, separators = _json_structure(body)
     if depth > MAX_JSON_DEPTH:
         raise InferenceError(400, f"application/json: nested {depth} levels deep; expected at most {MAX_JSON_DEPTH} "
-                                  "(an image is 28x28 nested lists, a batch one more level)")
+                                  "(an image is its rows of pixels as nested lists, a batch one more level)")
     if separators + 1 > MAX_JSON_ELEMENTS:
         raise InferenceError(413, f"application/json: {separators + 1} elements exceeds the limit of "
-                                  f"{MAX_JSON_ELEMENTS} ({MAX_BATCH} images of 28x28 numbers)")
+                                  f"{MAX_JSON_ELEMENTS}; send large batches as application/x-npy")
     try:
         obj = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -346,8 +386,8 @@ def _from_json(body: bytes) -> Batch:
         array = np.asarray(obj, dtype=np.float32)
     except (ValueError, TypeError):
         raise InferenceError(400, "application/json: expected nested lists of numbers with a regular shape "
-                                  "(28x28, 784, or a batch of those)") from None
-    return _as_batch(array, "application/json")
+                                  "(an image's rows of pixels, or a batch of images)") from None
+    return Batch(_numbers(array, "application/json"), media_type="application/json")
 
 
 def _npy_header(body: bytes) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -382,7 +422,7 @@ def _from_npy(body: bytes) -> Batch:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - the header was checked; anything left is a malformed file
         raise InferenceError(400, f"application/x-npy: cannot load array without pickle: {exc}") from None
-    return _as_batch(array, "application/x-npy")
+    return Batch(_numbers(array, "application/x-npy"), media_type="application/x-npy")
 
 
 def _from_csv(body: bytes) -> Batch:
@@ -391,19 +431,18 @@ def _from_csv(body: bytes) -> Batch:
         rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
         widths = {len(row) for row in rows}
         if len(widths) > 1:
-            raise InferenceError(400, f"text/csv: rows have different lengths {sorted(widths)}; expected 784 each")
+            raise InferenceError(400, f"text/csv: rows have different lengths {sorted(widths)}; expected one image "
+                                      "of equal length per row")
         array = np.array(rows, dtype=np.float32)
     except UnicodeDecodeError:
         raise InferenceError(400, "text/csv body is not UTF-8 text") from None
     except csv.Error as exc:
-        raise InferenceError(400, f"text/csv: malformed CSV (expected rows of 784 numbers): {exc}") from None
+        raise InferenceError(400, f"text/csv: malformed CSV (expected rows of pixel values): {exc}") from None
     except ValueError as exc:
         raise InferenceError(400, f"text/csv: non-numeric value: {exc}") from None
-    if array.ndim != 2 or array.shape[1] != 784:
-        raise InferenceError(400, f"text/csv: expected rows of 784 pixel values, got shape {array.shape}")
-    batch = _as_batch(array, "text/csv")
-    batch.single = False
-    return batch
+    if array.ndim != 2:
+        raise InferenceError(400, f"text/csv: expected rows of pixel values, got shape {array.shape}")
+    return Batch(_numbers(array, "text/csv"), media_type="text/csv")
 
 
 def _mnist_layout(gray: np.ndarray) -> np.ndarray:
@@ -433,27 +472,30 @@ def _mnist_layout(gray: np.ndarray) -> np.ndarray:
     return canvas
 
 
-def _open_image(body: bytes, media_type: str) -> Image.Image:
-    """Parse the header, refuse too many pixels, then decode (the first frame of an animation)."""
+def _open_image(body: bytes, media_type: str, draft: bool = True) -> tuple[Image.Image, bool]:
+    """Parse the header, refuse too many pixels, then decode (the first frame of an animation).
+
+    Returns the image and whether it was drafted: a JPEG over 512 pixels a side decoded at 1/2..1/8 scale.
+    """
     expected = IMAGE_TYPES[media_type]
+    drafted = False
     try:
         image = Image.open(io.BytesIO(body), formats=[expected])  # parses the header only
         width, height = image.size
         if width * height > MAX_IMAGE_PIXELS:
             raise InferenceError(413, f"{media_type}: {width}x{height} pixels exceeds the limit of "
                                       f"{MAX_IMAGE_PIXELS} pixels (decompression bomb guard)")
-        if expected == "JPEG" and min(width, height) > 512 and image.mode in ("L", "RGB"):
+        if draft and expected == "JPEG" and min(width, height) > 512 and image.mode in ("L", "RGB"):
             image.draft(image.mode, (256, 256))  # JPEG decodes at 1/2..1/8 scale: big photos stay cheap
+            drafted = image.size != (width, height)
         image.load()
-        if expected == "JPEG":
-            image = ImageOps.exif_transpose(image)  # phone photos carry their rotation in EXIF
     except InferenceError:
         raise
     except Image.DecompressionBombError as exc:
         raise InferenceError(413, f"{media_type}: refused as a decompression bomb: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for corrupt data; all mean "bad image"
         raise InferenceError(400, f"{media_type}: cannot decode the image as {expected}: {exc}") from None
-    return image
+    return image, drafted
 
 
 def _luminance(image: Image.Image) -> np.ndarray:
@@ -520,10 +562,8 @@ def _ink(image: Image.Image) -> np.ndarray:
 
 
 def _from_image(body: bytes, media_type: str) -> Batch:
-    gray = _ink(_open_image(body, media_type)).astype(np.float32, copy=False)
-    if gray.shape != (28, 28):
-        gray = _mnist_layout(gray)
-    return Batch(np.ascontiguousarray(gray).reshape(1, 28, 28), True)
+    image, drafted = _open_image(body, media_type)
+    return Batch(image=image, single=True, media_type=media_type, body=body, drafted=drafted)
 
 
 def input_fn(request_body: bytes | str, content_type: str | None) -> Batch:
@@ -550,12 +590,114 @@ def input_fn(request_body: bytes | str, content_type: str | None) -> Batch:
     raise InferenceError(415, f"unsupported content type {content_type!r}; expected one of {', '.join(SUPPORTED_TYPES)}")
 
 
+# -- fitting a request to the model ------------------------------------------------------------------------------
+
+def _digit_pixels(batch: Batch) -> np.ndarray:
+    """MNIST's recipe: (1, 28, 28) white ink on black, composited, cropped to the ink and centred by mass."""
+    image = batch.image
+    if IMAGE_TYPES[batch.media_type] == "JPEG":
+        try:
+            image = ImageOps.exif_transpose(image)  # phone photos carry their rotation in EXIF
+        except Exception as exc:  # noqa: BLE001 - a corrupt EXIF block is a bad image, not a server fault
+            raise InferenceError(400, f"{batch.media_type}: cannot apply the image's EXIF orientation: {exc}") from None
+    gray = _ink(image).astype(np.float32, copy=False)
+    if gray.shape != DIGIT_SHAPE:
+        gray = _mnist_layout(gray)
+    return np.ascontiguousarray(gray).reshape(1, *DIGIT_SHAPE)
+
+
+def _training_pixels(batch: Batch, model: LoadedModel) -> np.ndarray:
+    """The image read the way the training job read its image folder (training/formats.py ``_load_image``):
+    converted to RGB or L (alpha dropped, no EXIF rotation), bilinear resize to the model's size."""
+    if model.channels not in (1, 3):
+        raise InferenceError(400, f"{batch.media_type}: images are read as 1 or 3 channels; this model takes "
+                                  f"{model.channels}: send an array of shape {_shapes(model)[1][0]}")
+    image = batch.image
+    if batch.drafted:  # training decoded every pixel; a reduced-scale decode would not give its pixels
+        image, _ = _open_image(batch.body or b"", batch.media_type, draft=False)
+    mode = "L" if model.channels == 1 else "RGB"
+    try:
+        resized = image.convert(mode).resize((model.width, model.height), Image.Resampling.BILINEAR)
+    except Exception as exc:  # noqa: BLE001 - Pillow's conversions of odd modes; all mean "cannot read this image"
+        raise InferenceError(400, f"{batch.media_type}: cannot convert the image to {mode}: {exc}") from None
+    array = np.asarray(resized, dtype=np.uint8).astype(np.float32)
+    array = array if mode == "L" else array.transpose(2, 0, 1)
+    return np.ascontiguousarray(array).reshape(1, *model.image_shape)
+
+
+def _shapes(model: LoadedModel) -> tuple[list[str], list[str]]:
+    """(shapes of one image, shapes of a batch) that this model accepts as arrays, channel-first first."""
+    c, h, w = model.channels, model.height, model.width
+    flat = c * h * w
+    if c == 1:
+        return [f"({h}, {w})", f"({flat},)", f"({h}, {w}, 1)"], \
+               [f"(N, {h}, {w})", f"(N, {flat})", f"(N, 1, {h}, {w})", f"(N, {h}, {w}, 1)"]
+    return [f"({c}, {h}, {w})", f"({h}, {w}, {c})", f"({flat},)"], \
+           [f"(N, {c}, {h}, {w})", f"(N, {h}, {w}, {c})", f"(N, {flat})"]
+
+
+def _fit_array(pixels: np.ndarray, model: LoadedModel) -> tuple[np.ndarray, bool] | None:
+    """(images in the model's layout (N, C, H, W), single) for an accepted shape, else None."""
+    c, h, w = model.channels, model.height, model.width
+    shape, flat = pixels.shape, c * h * w
+    if c == 1:
+        if shape in ((h, w), (flat,), (h, w, 1)):
+            return pixels.reshape(1, 1, h, w), True
+        if len(shape) >= 2 and shape[1:] in ((h, w), (flat,), (1, h, w), (h, w, 1)):
+            return pixels.reshape(-1, 1, h, w), False
+        return None
+    if shape in ((c, h, w), (flat,)):
+        return pixels.reshape(1, c, h, w), True
+    if shape == (h, w, c):
+        return pixels.transpose(2, 0, 1)[None], True
+    if len(shape) == 4 and shape[1:] == (c, h, w) or len(shape) == 2 and shape[1] == flat:
+        return pixels.reshape(-1, c, h, w), False
+    if len(shape) == 4 and shape[1:] == (h, w, c):
+        return pixels.transpose(0, 3, 1, 2), False
+    return None
+
+
+def model_input(batch: Batch, model: LoadedModel) -> np.ndarray:
+    """Fit a decoded request to ``model``: raw pixels 0..255, float32, (N, *image_shape), C-contiguous.
+
+    Images: MNIST's recipe for a digit model, else the training job's reading (RGB or L, bilinear resize).
+    Arrays must already have the model's size and channels, in one of the shapes :func:`_shapes` lists; CSV rows
+    hold H*W*C values each (channel-first). Sets ``batch.single`` (one answer or a list) from the shape.
+    """
+    if batch.image is not None:
+        batch.single = True
+        return _digit_pixels(batch) if model.digit_input else _training_pixels(batch, model)
+    if batch.pixels is None:
+        raise InferenceError(400, "the request holds no pixels")
+    what = batch.media_type or "request"
+    pixels = batch.pixels
+    shape_name = "x".join(map(str, model.image_shape))
+    if batch.media_type == "text/csv":
+        fitted = _fit_array(pixels, model) if pixels.ndim == 2 else None
+        if fitted is None:
+            values = model.channels * model.height * model.width
+            raise InferenceError(400, f"text/csv: rows of {pixels.shape[-1]} values do not fit this model's "
+                                      f"{shape_name} input; expected rows of {values} pixel values (one image per "
+                                      "row, channel-first)")
+        fitted = (fitted[0], False)
+    else:
+        fitted = _fit_array(pixels, model)
+        if fitted is None:
+            singles, batches = _shapes(model)
+            raise InferenceError(400, f"{what}: shape {tuple(pixels.shape)} does not fit this model's {shape_name} "
+                                      f"input; accepted shapes: one image {', '.join(singles)}; a batch "
+                                      f"{', '.join(batches)}")
+    images, batch.single = fitted
+    if len(images) > MAX_BATCH:
+        raise InferenceError(413, f"{what}: batch of {len(images)} images exceeds the limit of {MAX_BATCH}")
+    return np.ascontiguousarray(images.reshape(len(images), *model.image_shape), dtype=np.float32)
+
+
 # -- predict and output -----------------------------------------------------------------------------------------
 
 def predict_fn(data: Batch, model: LoadedModel) -> Prediction:
-    if data.pixels.shape[1:] != model.image_shape:
-        raise InferenceError(400, f"images of shape {data.pixels.shape[1:]} do not match the model's {model.image_shape}")
-    return Prediction(model.predict_proba(data.pixels), model.class_names, data.single)
+    pixels = model_input(data, model)
+    return Prediction(model.predict_proba(pixels), model.class_names, data.single)
 
 
 def _answer(probs: list[float], names: list[str]) -> dict[str, Any]:
@@ -598,8 +740,9 @@ def make_context(content_type: str | None, accept: str | None, content_length: i
 
 
 @functools.lru_cache(maxsize=8)
-def _tf_config(model_dir: str) -> dict[str, Any]:
-    return read_config(model_dir)
+def _tf_model(model_dir: str) -> LoadedModel:
+    """What model_config.json says about the SavedModel's input (no network: TF Serving holds that)."""
+    return LoadedModel(read_config(model_dir), None, "tensorflow")
 
 
 def tf_model_dir() -> str:
@@ -622,16 +765,17 @@ def _pixels_json(pixels: np.ndarray) -> str:
 
 
 def input_handler(data: Any, context: Any) -> str:
-    """Request body -> TF Serving REST predict body: one image columnar ({"inputs"}), a batch row form ({"instances"})."""
+    """Request body -> TF Serving REST predict body: one image columnar ({"inputs"}), a batch row form ({"instances"}).
+
+    The body is decoded by input_fn and fitted to the model by model_input, as for a PyTorch model: any size and
+    colour of image (MNIST's recipe for digit models), arrays in any accepted shape, sent as (N, *image_shape).
+    """
     body = _read_request(data)
     batch = input_fn(body, getattr(context, "request_content_type", None))
-    config = _tf_config(tf_model_dir())
-    shape = tuple(int(d) for d in config.get("image_shape", (28, 28)))
-    if batch.pixels.shape[1:] != shape:
-        raise InferenceError(400, f"images of shape {batch.pixels.shape[1:]} do not match the model's {shape}")
+    pixels = model_input(batch, _tf_model(tf_model_dir()))
     if batch.single:
-        return '{"inputs": ' + _pixels_json(batch.pixels) + "}"
-    return '{"instances": ' + _pixels_json(batch.pixels) + "}"
+        return '{"inputs": ' + _pixels_json(pixels) + "}"
+    return '{"instances": ' + _pixels_json(pixels) + "}"
 
 
 def _response_json(response: Any) -> Any:
@@ -665,10 +809,8 @@ def output_handler(response: Any, context: Any) -> tuple[str, str]:
         probs = np.asarray(probabilities, dtype=np.float64)
     except (TypeError, ValueError):
         raise InferenceError(502, "TensorFlow Serving's probabilities are not a table of numbers") from None
-    config = _tf_config(tf_model_dir())
-    num_classes = int(config["num_classes"])
-    if probs.ndim != 2 or probs.shape[1] != num_classes:
+    model = _tf_model(tf_model_dir())
+    if probs.ndim != 2 or probs.shape[1] != model.num_classes:
         raise InferenceError(502, f"TensorFlow Serving answered probabilities of shape {probs.shape}, expected "
-                                  f"(N, {num_classes})")
-    names = [str(n) for n in (config.get("class_names") or range(num_classes))]
-    return output_fn(Prediction(probs, names, single), getattr(context, "accept_header", None))
+                                  f"(N, {model.num_classes})")
+    return output_fn(Prediction(probs, model.class_names, single), getattr(context, "accept_header", None))

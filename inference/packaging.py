@@ -2,8 +2,8 @@
 (or, for train_keras.py's SavedModel, to its TensorFlow Serving container).
 
 The training jobs call :func:`code_files` (or :func:`copy_code`) and put the files under ``SM_MODEL_DIR/code``:
-SageMaker unpacks model.tar.gz to /opt/ml/model and puts only ``code/`` on the path, hence ``models.py`` is a
-copy of training/models.py there.
+SageMaker unpacks model.tar.gz to /opt/ml/model and puts only ``code/`` on the path, hence ``models.py`` and
+``features.py`` are copies of training/models.py and training/features.py there.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def code_files(framework: str = "pytorch") -> dict[str, Path]:
     files = {
         "inference.py": ROOT / "inference" / "inference.py",
         "models.py": ROOT / "training" / "models.py",
+        "features.py": ROOT / "training" / "features.py",  # the XGBoost baseline's downsampling of large images
         "requirements.txt": ROOT / "inference" / REQUIREMENTS[framework],
     }
     if framework == "tensorflow":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -111,31 +112,58 @@ LOCAL_DATA_PREFIX = "data/local"
 SUMS_FILE = "SHA256SUMS"
 
 
-def local_data_path(value: str) -> Path | None:
-    """The local path an InputDataUrl names (a plain path or a file:// URI), or None for s3:// and other URIs."""
+@dataclass(frozen=True)
+class LocalInput:
+    """Where a parameter's local path is staged: ``s3://BUCKET/<prefix>/[<name>-]<digest>/``."""
+
+    parameter: str
+    prefix: str
+    named: bool = True  # the folder's name in the prefix (datasets), or the digest alone (weights)
+
+
+DATA_INPUT = LocalInput("InputDataUrl", LOCAL_DATA_PREFIX)
+WEIGHTS_INPUT = LocalInput("PretrainedWeightsUrl", "pretrained/local", named=False)
+WEIGHTS_SUFFIXES = (".pth", ".pt")
+NO_WEIGHTS_NOTE_NAME = "README.txt"
+NO_WEIGHTS_NOTE = (b"No pretrained weights: PretrainedWeightsUrl's default prefix.\n"
+                   b"TrainCNN's weights channel is never empty, so this note stands in for weights. With\n"
+                   b"CnnArchitecture=resnet18 and no *.pth/*.pt file in the channel the network trains from scratch.\n"
+                   b"Give --param PretrainedWeightsUrl=s3://.../resnet18.pth (or a local path) to fine-tune.\n")
+
+
+def local_data_path(value: str, parameter: str = "InputDataUrl") -> Path | None:
+    """The local path a parameter names (a plain path or a file:// URI), or None for s3:// and other URIs."""
     parsed = urlparse(value)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
-            raise ValueError(f"InputDataUrl {value!r}: a file:// URI must name a local path (file:///path)")
+            raise ValueError(f"{parameter} {value!r}: a file:// URI must name a local path (file:///path)")
         return Path(unquote(parsed.path))
     if parsed.scheme == "" or (len(parsed.scheme) == 1 and value[1:3] in (":\\", ":/")):  # C:\ on Windows
         return Path(value)
     return None
 
 
-def local_dataset_files(source: Path) -> dict[str, Path]:
+def local_dataset_files(source: Path, parameter: str = "InputDataUrl") -> dict[str, Path]:
     """Relative name -> file for a dataset folder (or one archive file); refuses links that leave it."""
     source = source.expanduser()
     if source.is_file():
         return {source.name: source}
     if not source.is_dir():
-        raise FileNotFoundError(f"InputDataUrl {source}: no such file or folder")
+        raise FileNotFoundError(f"{parameter} {source}: no such file or folder")
     check_inside(source)
     files = {p.relative_to(source).as_posix(): p for p in sorted(source.rglob("*"))
              if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts)}
     if not files:
-        raise FileNotFoundError(f"InputDataUrl {source}: the folder holds no files")
+        raise FileNotFoundError(f"{parameter} {source}: the folder holds no files")
     return files
+
+
+def _check_weights(source: Path, files: dict[str, Path]) -> None:
+    """A weights path must hold exactly one *.pth/*.pt file, or TrainCNN would quietly train from scratch."""
+    found = [name for name in files if Path(name).suffix.lower() in WEIGHTS_SUFFIXES]
+    if len(found) != 1:
+        raise ValueError(f"PretrainedWeightsUrl {source}: expected one *.pth or *.pt state dict file, found "
+                         f"{len(found)}{': ' + ', '.join(found[:5]) if found else ''}")
 
 
 def _checksums(files: dict[str, Path]) -> tuple[str, dict[str, str]]:
@@ -153,16 +181,20 @@ def _sums_text(files: dict[str, Path], sums: dict[str, str]) -> bytes:
     return "".join(f"{digest}  {name}\n" for name, digest in sorted(sums.items())).encode()
 
 
-def stage_local_path(source: Path, bucket: str, put_file, exists) -> str:
+def stage_local_path(source: Path, bucket: str, put_file, exists, target: LocalInput = DATA_INPUT) -> str:
     """Stage a local dataset under ``s3://bucket/data/local/<name>-<digest>/``, SHA256SUMS written last.
 
     The prefix is named by content, so the same data is staged once and different data never overwrites it.
     ``put_file(path, uri)``/``put_bytes(data, uri)`` and ``exists(uri)`` abstract the local store and S3.
+    ``target`` says which parameter the path came from and where it goes (pretrained weights:
+    ``s3://bucket/pretrained/local/<digest>/``).
     """
-    files = local_dataset_files(source)
+    files = local_dataset_files(source, target.parameter)
+    if target is WEIGHTS_INPUT:
+        _check_weights(source, files)
     whole, sums = _checksums(files)
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", source.expanduser().resolve().name).strip("-") or "dataset"
-    prefix = f"s3://{bucket}/{LOCAL_DATA_PREFIX}/{name}-{whole[:16]}/"
+    prefix = f"s3://{bucket}/{target.prefix}/{f'{name}-' if target.named else ''}{whole[:16]}/"
     if exists(prefix + SUMS_FILE):
         return prefix
     for relative, path in files.items():
@@ -172,16 +204,16 @@ def stage_local_path(source: Path, bucket: str, put_file, exists) -> str:
     return prefix
 
 
-def stage_local_path_local(source: Path, bucket: str) -> str:
+def stage_local_path_local(source: Path, bucket: str, target: LocalInput = DATA_INPUT) -> str:
     """Into the local store (each file atomically, SHA256SUMS last)."""
     def put(item: Path | bytes, uri: str) -> None:
         data = item if isinstance(item, bytes) else item.read_bytes()
         atomic_write_bytes(s3_uri_to_path(uri), data)
 
-    return stage_local_path(source, bucket, put, lambda uri: s3_uri_to_path(uri).is_file())
+    return stage_local_path(source, bucket, put, lambda uri: s3_uri_to_path(uri).is_file(), target)
 
 
-def stage_local_path_to_s3(source: Path, bucket: str, s3_client: Any) -> str:
+def stage_local_path_to_s3(source: Path, bucket: str, s3_client: Any, target: LocalInput = DATA_INPUT) -> str:
     """To S3 with boto3 (SHA256SUMS last, so its presence means the prefix is complete)."""
     def put(item: Path | bytes, uri: str) -> None:
         target_bucket, key = parse_s3_uri(uri)
@@ -191,4 +223,24 @@ def stage_local_path_to_s3(source: Path, bucket: str, s3_client: Any) -> str:
             with item.open("rb") as handle:
                 s3_client.put_object(Bucket=target_bucket, Key=key, Body=handle)
 
-    return stage_local_path(source, bucket, put, lambda uri: _s3_size(s3_client, *parse_s3_uri(uri)) is not None)
+    return stage_local_path(source, bucket, put, lambda uri: _s3_size(s3_client, *parse_s3_uri(uri)) is not None,
+                            target)
+
+
+# ---------------------------------------------------------------------------- PretrainedWeightsUrl's default
+def stage_no_weights_note_local(uri: str) -> Path | None:
+    """Write the README.txt note under the default weights prefix (once), so the channel is never empty."""
+    bucket, key = _prefix_key(uri, NO_WEIGHTS_NOTE_NAME)
+    target = s3_uri_to_path(f"s3://{bucket}/{key}")
+    if target.is_file():
+        return None
+    return atomic_write_bytes(target, NO_WEIGHTS_NOTE)
+
+
+def stage_no_weights_note_to_s3(uri: str, s3_client: Any) -> str | None:
+    """The same note on S3: SageMaker refuses to start a job whose S3Prefix channel matches no object."""
+    bucket, key = _prefix_key(uri, NO_WEIGHTS_NOTE_NAME)
+    if _s3_size(s3_client, bucket, key) is not None:
+        return None
+    s3_client.put_object(Bucket=bucket, Key=key, Body=NO_WEIGHTS_NOTE)
+    return f"s3://{bucket}/{key}"

@@ -1,6 +1,8 @@
 """Training job (PyTorch script mode): a CNN on the preprocessed splits.
 
-Reads the ``train`` and ``validation`` channels (SM_CHANNEL_*), trains with the data held in memory
+Reads the ``train`` and ``validation`` channels (SM_CHANNEL_*) and, for ``resnet18``, pretrained weights
+from the optional ``weights`` channel (a torchvision-style state dict; none: it trains from scratch and says
+so). It trains with the data held in memory
 (batched rotation + cutout augmentation, one-cycle schedule by default), prints one metrics line per
 epoch for SageMaker's metric_definitions, and writes ``model.pth`` + ``model_config.json`` (+ the
 inference code) to SM_MODEL_DIR and ``history.json`` + ``learning_curves.png`` to SM_OUTPUT_DATA_DIR.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -25,12 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.atomic import atomic_write_json, staged_dir
-from training.datasets import DatasetError, Split, load_manifest, load_split
+from training.datasets import DatasetError, Split, load_manifest, load_split, verify_checksums
 from training.debugger import session_from_env
 from training.distributed import Cluster
 from training.job_env import JobEnv, copy_inference_code, write_failure
 from training.metrics import format_metrics_line
-from training.models import build_model, count_parameters
+from training.models import build_model, count_parameters, load_pretrained
 from training.train_common import (  # noqa: F401 - re-exported: TrainConfig & co. were defined here first
     ARCHITECTURES,
     OPTIMIZERS,
@@ -43,6 +46,9 @@ from training.train_common import (  # noqa: F401 - re-exported: TrainConfig & c
 )
 
 LOG = logging.getLogger("train_cnn")
+WEIGHTS_CHANNEL = "weights"
+WEIGHTS_SUFFIXES = (".pth", ".pt")
+PRETRAINED_ARCHITECTURES = ("resnet18",)
 
 
 def to_tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,8 +95,9 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    trainable = [p for p in model.parameters() if p.requires_grad]  # resnet18's frozen layers are left out
+    decay = [p for p in trainable if p.ndim > 1]
+    no_decay = [p for p in trainable if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
@@ -102,7 +109,10 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
 def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     total = config.epochs * steps_per_epoch
     if config.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25,
+        # OneCycleLR divides by zero when its warm-up spans under one step (total_steps <= 4: a few batches of a
+        # small image folder); a run that short stops part-way through the schedule instead.
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(total, 5),
+                                                   pct_start=0.25,
                                                    div_factor=10.0, final_div_factor=100.0)
     if config.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
@@ -112,12 +122,52 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_
 EpochCallback = Callable[[EpochRecord, nn.Module], None]
 
 
+def find_pretrained(environ: dict[str, str] | None = None) -> Path | None:
+    """The weights file in the ``weights`` channel (SM_CHANNEL_WEIGHTS), or None without one.
+
+    The channel may hold only a note (the pipeline's default prefix): no *.pth/*.pt file means no weights.
+    A SHA256SUMS beside the file (local paths are staged with one) is verified; two candidate files are an error.
+    """
+    env = os.environ if environ is None else environ
+    folder = env.get(f"SM_CHANNEL_{WEIGHTS_CHANNEL.upper()}")
+    if not folder or not Path(folder).is_dir():
+        return None
+    verify_checksums(folder)
+    found = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in WEIGHTS_SUFFIXES)
+    if len(found) > 1:
+        raise ValueError(f"weights channel {folder}: expected one *.pth/*.pt file, found {len(found)}: "
+                         + ", ".join(p.name for p in found[:5]))
+    return found[0] if found else None
+
+
+def prepare_model(config: TrainConfig, num_classes: int, in_channels: int, image_size: int,
+                  normalization: dict | None = None, pretrained: Path | None = None) -> nn.Module:
+    """Build the configured network; resnet18 starts from ``pretrained`` when given, else from scratch (said so)."""
+    model = build_model(config.architecture, num_classes, kernel_size=config.kernel_size, width=config.width,
+                        dropout=config.dropout, in_channels=in_channels, image_size=image_size,
+                        normalization=normalization)
+    if config.architecture not in PRETRAINED_ARCHITECTURES:
+        if pretrained is not None:
+            LOG.info("%s does not take pretrained weights; ignoring %s", config.architecture, pretrained)
+        return model
+    if pretrained is None:
+        LOG.info("%s: no pretrained weights in the %r channel (PretrainedWeightsUrl): training from scratch "
+                 "(random initialisation, layers up to layer3 stay frozen)", config.architecture, WEIGHTS_CHANNEL)
+        return model
+    loaded, skipped = load_pretrained(model, pretrained)
+    LOG.info("%s: loaded pretrained weights from %s (%d tensors)%s", config.architecture, pretrained, loaded,
+             f"; skipped {', '.join(skipped)} (shape differs: a new head for {num_classes} classes)" if skipped else "")
+    return model
+
+
 def train(config: TrainConfig, train_split: Split, val_split: Split, num_classes: int,
           on_epoch: EpochCallback | None = None, debug_session=None,
-          cluster: Cluster | None = None) -> tuple[nn.Module, list[EpochRecord]]:
+          cluster: Cluster | None = None, normalization: dict | None = None,
+          pretrained: Path | None = None) -> tuple[nn.Module, list[EpochRecord]]:
     """Train and return the model and per-epoch history; ``on_epoch`` lets benchmarks watch test accuracy.
 
     With several hosts (``cluster``), every host draws the same global batches and trains on its share of each.
+    ``normalization`` (the manifest's) and ``pretrained`` (a weights file) matter to resnet18 only.
     """
     cluster = cluster or Cluster()
     torch.manual_seed(config.seed)
@@ -127,15 +177,18 @@ def train(config: TrainConfig, train_split: Split, val_split: Split, num_classes
     x_train, y_train = to_tensors(train_split)
     x_val, y_val = to_tensors(val_split)
     fill = float(x_train.min())  # the normalized background value
-    model = build_model(config.architecture, num_classes, kernel_size=config.kernel_size, width=config.width,
-                        dropout=config.dropout, in_channels=x_train.shape[1], image_size=x_train.shape[-1])
-    LOG.info("%s: %d parameters, %d training / %d validation images%s", config.architecture,
-             count_parameters(model), len(y_train), len(y_val),
+    model = prepare_model(config, num_classes, x_train.shape[1], x_train.shape[-1], normalization, pretrained)
+    total, trainable = count_parameters(model, trainable_only=False), count_parameters(model)
+    LOG.info("%s: %d parameters%s, %d training / %d validation images%s", config.architecture, total,
+             f" ({trainable} trainable)" if trainable != total else "", len(y_train), len(y_val),
              f", host {cluster.rank + 1} of {cluster.size}" if cluster.size > 1 else "")
     optimizer = make_optimizer(config, model)
     network = cluster.wrap(model)
-    # The last, partial batch only when every host gets part of it (one host: always, as ceil would).
-    steps_per_epoch = len(y_train) // config.batch_size + (len(y_train) % config.batch_size >= cluster.size)
+    # The last, partial batch only when every host gets at least 2 images of it: BatchNorm in training mode
+    # cannot take a batch of one where a map is 1x1 (resnet18's layer4, the heads), so such a batch is dropped.
+    steps_per_epoch = len(y_train) // config.batch_size + (len(y_train) % config.batch_size >= 2 * cluster.size)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(y_train)} training images are too few for a batch (need at least 2 per host)")
     scheduler = make_scheduler(config, optimizer, steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     if debug_session is not None:
@@ -202,6 +255,7 @@ def save_model(model: nn.Module, config: TrainConfig, manifest: dict, model_dir:
             "image_shape": manifest["image_shape"],
             "in_channels": 3 if len(manifest["image_shape"]) == 3 else 1,
             "normalization": manifest["normalization"],
+            "data_format": manifest.get("format", "idx"),  # idx 28x28: the endpoint reads images as MNIST digits
         })
         copy_inference_code(staging, "pytorch")
 
@@ -212,17 +266,20 @@ def run(config: TrainConfig, env: JobEnv, debug_session=None, cluster: Cluster |
     train_dir, val_dir = env.channel("train"), env.channel("validation")
     manifest = load_manifest(train_dir)
     train_split, val_split = load_split(train_dir, "train"), load_split(val_dir, "validation")
+    pretrained = find_pretrained()
     cluster.start()
     try:
         model, history = train(config, train_split, val_split, manifest["num_classes"], debug_session=debug_session,
-                               cluster=cluster)
+                               cluster=cluster, normalization=manifest["normalization"], pretrained=pretrained)
     finally:
         cluster.stop()
     if not cluster.is_leader:  # SageMaker uploads every host's model folder: only the leader writes one
         return history
     save_model(model, config, manifest, env.model_dir)
     with staged_dir(env.output_data_dir) as staging:
-        atomic_write_json(staging / "history.json", {"config": asdict(config), "epochs": [asdict(r) for r in history]})
+        atomic_write_json(staging / "history.json", {"config": asdict(config), "parameters": count_parameters(model),
+                                                     "epochs": [asdict(r) for r in history],
+                                                     "pretrained_weights": pretrained.name if pretrained else None})
         plot_learning_curves(history, staging / "learning_curves.png")
     return history
 

@@ -15,8 +15,9 @@ import numpy as np
 from training.datasets import Split
 from training.job_env import str2bool
 
-# training/models.py (PyTorch) and training/keras_models.py build these; a test keeps the three lists equal.
-ARCHITECTURES = ("compact", "keras", "dense")
+# training/models.py (PyTorch) builds all of these, training/keras_models.py all but resnet18 (PyTorch only: its
+# pretrained weights are a torchvision state dict); a test keeps the lists in step.
+ARCHITECTURES = ("compact", "keras", "dense", "resnet18")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("onecycle", "cosine", "none")
 

@@ -260,6 +260,7 @@ def save_model(model, config: TrainConfig, manifest: dict, model_dir: Path) -> N
             "image_shape": manifest["image_shape"],
             "in_channels": 3 if len(manifest["image_shape"]) == 3 else 1,
             "normalization": manifest["normalization"],
+            "data_format": manifest.get("format", "idx"),  # idx 28x28: the endpoint reads images as MNIST digits
             "saved_model": {"version": SAVED_MODEL_VERSION, "signature": SIGNATURE, "input": INPUT_NAME,
                             "output": OUTPUT_NAME},
         })
@@ -296,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     env = JobEnv.from_environ()
     try:
         config, unknown = parse_args(argv, __doc__)
+        from training.keras_models import ARCHITECTURES as KERAS_ARCHITECTURES
+
+        if config.architecture not in KERAS_ARCHITECTURES:
+            raise ValueError(f"architecture {config.architecture!r} is PyTorch only (train_cnn.py); train_keras.py "
+                             f"builds {', '.join(KERAS_ARCHITECTURES)}")
         known_launcher_args = [a for a in unknown if a.startswith("--model_dir")]
         if known_launcher_args:
             LOG.info("model_dir from the launcher is not used: the SavedModel goes to SM_MODEL_DIR (%s)", env.model_dir)

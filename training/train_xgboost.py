@@ -1,5 +1,8 @@
 """Training job (XGBoost script mode): the gradient-boosted-trees baseline on flattened pixels.
 
+Images larger than 32x32 are area-downsampled to at most 32x32 per channel first (training/features.py); the
+model_config.json records that as ``xgboost_input`` and the endpoint reduces requests the same way.
+
 Hist trees with few bins and column sampling keep a full-MNIST fit inside two minutes on two
 cores; early stopping watches validation log-loss. Writes ``xgboost-model.json`` (XGBoost's own
 JSON format: no pickle) + ``model_config.json`` to SM_MODEL_DIR, and a metrics line every
@@ -22,6 +25,7 @@ import xgboost as xgb
 
 from training.atomic import atomic_write_json, staged_dir
 from training.datasets import DatasetError, load_manifest, load_split
+from training.features import xgboost_features, xgboost_input
 from training.job_env import JobEnv, copy_inference_code, write_failure
 from training.metrics import format_metrics_line
 
@@ -60,12 +64,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def flatten(images: np.ndarray) -> np.ndarray:
-    return images.reshape(len(images), -1)
+def flatten(images: np.ndarray, spec: dict | None = None) -> np.ndarray:
+    """The booster's rows: flattened pixels, area-downsampled first when ``spec`` (xgboost_input) says so."""
+    return xgboost_features(images, spec)
 
 
-def predict_classes(booster: xgb.Booster, images: np.ndarray) -> np.ndarray:
-    return booster.inplace_predict(flatten(images)).argmax(axis=1)
+def predict_classes(booster: xgb.Booster, images: np.ndarray, spec: dict | None = None) -> np.ndarray:
+    return booster.inplace_predict(flatten(images, spec)).argmax(axis=1)
 
 
 class MetricsLines(xgb.callback.TrainingCallback):
@@ -94,8 +99,13 @@ def run(args: argparse.Namespace, env: JobEnv) -> tuple[xgb.Booster, dict]:
     manifest = load_manifest(train_dir)
     train_split, val_split = load_split(train_dir, "train"), load_split(val_dir, "validation")
     num_classes = int(manifest["num_classes"])
-    dtrain = xgb.QuantileDMatrix(flatten(train_split.images), label=train_split.labels, max_bin=args.max_bin)
-    dval = xgb.QuantileDMatrix(flatten(val_split.images), label=val_split.labels, ref=dtrain, max_bin=args.max_bin)
+    spec = xgboost_input(manifest["image_shape"])
+    if spec:
+        LOG.info("images %s: area-downsampled to at most %dx%d per channel for the trees",
+                 "x".join(map(str, manifest["image_shape"])), spec["size"], spec["size"])
+    train_rows, val_rows = flatten(train_split.images, spec), flatten(val_split.images, spec)
+    dtrain = xgb.QuantileDMatrix(train_rows, label=train_split.labels, max_bin=args.max_bin)
+    dval = xgb.QuantileDMatrix(val_rows, label=val_split.labels, ref=dtrain, max_bin=args.max_bin)
     params = {
         "objective": "multi:softprob", "num_class": num_classes, "tree_method": "hist",
         "max_depth": args.max_depth, "eta": args.eta, "max_bin": args.max_bin,
@@ -112,7 +122,7 @@ def run(args: argparse.Namespace, env: JobEnv) -> tuple[xgb.Booster, dict]:
     best_round = int(getattr(booster, "best_iteration", args.num_round - 1)) + 1
     if booster.num_boosted_rounds() > best_round:
         booster = booster[:best_round]
-    val_accuracy = float((predict_classes(booster, val_split.images) == val_split.labels).mean())
+    val_accuracy = float((booster.inplace_predict(val_rows).argmax(axis=1) == val_split.labels).mean())
     summary = {"rounds": booster.num_boosted_rounds(), "fit_seconds": round(seconds, 1), "val_accuracy": val_accuracy}
     print(format_metrics_line(round=summary["rounds"], val_accuracy=val_accuracy), flush=True)
     LOG.info("XGBoost: %d rounds in %.1f s, validation accuracy %.4f", summary["rounds"], seconds, val_accuracy)
@@ -121,6 +131,8 @@ def run(args: argparse.Namespace, env: JobEnv) -> tuple[xgb.Booster, dict]:
         atomic_write_json(staging / "model_config.json", {
             "framework": "xgboost", "num_classes": num_classes, "class_names": manifest["class_names"],
             "image_shape": manifest["image_shape"], "normalization": manifest["normalization"],
+            "data_format": manifest.get("format", "idx"),
+            **({"xgboost_input": spec} if spec else {}),
             "hyperparameters": {k: v for k, v in vars(args).items()}, **summary,
         })
         copy_inference_code(staging, "xgboost")

@@ -5,6 +5,7 @@
     mlops registry list|describe|approve|reject          (mlops.cli.registry)
     mlops deploy | endpoints list | invoke               (mlops.cli.endpoint)
     mlops smoke-test | gate approve|reject               (mlops.cli.stage)
+    mlops experiment                                     (mlops.cli.experiment)
 
 The top-level options (also MLOPS_* variables) become ``ctx.obj``, a PipelineConfig every command reads
 through :func:`mlops.cli.common.config`; errors go through :func:`mlops.cli.common.fail`.
@@ -16,6 +17,7 @@ import click
 
 from mlops.cli.endpoint import deploy, endpoints, invoke
 from mlops.cli.executions import executions
+from mlops.cli.experiment import experiment
 from mlops.cli.pipeline import definition, run, validate
 from mlops.cli.registry import registry
 from mlops.cli.stage import gate, smoke_test
@@ -37,5 +39,6 @@ def main(ctx: click.Context, region: str, role_arn: str | None, bucket: str | No
                                       model_package_group=model_package_group)
 
 
-for command in (definition, validate, run, executions, registry, deploy, endpoints, invoke, smoke_test, gate):
+for command in (definition, validate, run, executions, registry, deploy, endpoints, invoke, smoke_test, gate,
+                experiment):
     main.add_command(command)

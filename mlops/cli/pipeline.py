@@ -138,34 +138,42 @@ def _check_code_matches(built: dict[str, Any], built_config: PipelineConfig, sou
                          "--pipeline-name), or check out the commit it was built from")
 
 
-def _stage_inputs(built_config: PipelineConfig, built: dict[str, Any], overrides: dict[str, str], upload_code,
-                  upload_data, upload_path) -> None:
+def stage_inputs(built_config: PipelineConfig, built: dict[str, Any], overrides: dict[str, str], upload_code,
+                  upload_data, upload_path, upload_note) -> None:
     """Upload the code bundle and, unless InputDataUrl is overridden, the shipped dataset to its default URI.
 
-    An InputDataUrl that is a local path or file:// URI is staged (with checksums) and replaced by its s3:// URI.
+    An InputDataUrl or PretrainedWeightsUrl that is a local path or file:// URI is staged (with checksums) and
+    replaced by its s3:// URI (``upload_path(source, bucket, target)``). PretrainedWeightsUrl's default prefix
+    always gets its README.txt note (``upload_note(uri)``), so TrainCNN's weights channel is never empty.
     """
     bundle = collect_bundle()
     staged = code_location(built_config.bucket, built_config.pipeline_name, bundle)
     written = upload_code(bundle, staged)
     click.echo(f"code {staged.tarball_uri} ({'uploaded' if written else 'already staged'})", err=True)
+    parameters = parse(built).parameters
     if "InputDataUrl" not in overrides:
-        default = parse(built).parameters["InputDataUrl"].default
+        default = parameters["InputDataUrl"].default
         written = upload_data(staging.DATASET_DIR, default)
         click.echo(f"data {default} ({f'{len(written)} file(s) uploaded' if written else 'already staged'})", err=True)
-        return
-    local = staging.local_data_path(overrides["InputDataUrl"])
-    if local is not None:
+    if staging.WEIGHTS_INPUT.parameter in parameters:  # a definition file built before the parameter has none
+        upload_note(parameters[staging.WEIGHTS_INPUT.parameter].default)
+    for target, what in ((staging.DATA_INPUT, "data"), (staging.WEIGHTS_INPUT, "weights")):
+        if target.parameter not in overrides:
+            continue
         try:
-            uri = upload_path(local, built_config.bucket)
+            local = staging.local_data_path(overrides[target.parameter], target.parameter)
+            if local is None:
+                continue
+            uri = upload_path(local, built_config.bucket, target)
         except (ValueError, FileNotFoundError) as exc:
             fail(str(exc))
-        click.echo(f"data {overrides['InputDataUrl']} staged as {uri}", err=True)
-        overrides["InputDataUrl"] = uri
+        click.echo(f"{what} {overrides[target.parameter]} staged as {uri}", err=True)
+        overrides[target.parameter] = uri
 
 
 def _run_local(built_config: PipelineConfig, built: dict[str, Any], overrides: dict[str, str], wait: bool) -> None:
-    _stage_inputs(built_config, built, overrides, staging.stage_local, staging.stage_dataset_local,
-                  staging.stage_local_path_local)
+    stage_inputs(built_config, built, overrides, staging.stage_local, staging.stage_dataset_local,
+                  staging.stage_local_path_local, staging.stage_no_weights_note_local)
     try:
         execution_id = commands.run(built, overrides, pipeline_name=built_config.pipeline_name, wait=wait)
     except DefinitionError as exc:  # nothing ran
@@ -185,8 +193,9 @@ def _run_sagemaker(built_config: PipelineConfig, built: dict[str, Any], override
 
     driver = SageMakerDriver(built_config.region)
     try:
-        _stage_inputs(built_config, built, overrides, driver.stage_code, driver.stage_dataset,
-                      lambda source, bucket: staging.stage_local_path_to_s3(source, bucket, driver.s3))
+        stage_inputs(built_config, built, overrides, driver.stage_code, driver.stage_dataset,
+                      lambda source, bucket, target: staging.stage_local_path_to_s3(source, bucket, driver.s3, target),
+                      lambda uri: staging.stage_no_weights_note_to_s3(uri, driver.s3))
         result = driver.upsert(built_config.pipeline_name, built, built_config.role, tags=tags,
                                description="Image classification: preprocess, CNN + XGBoost, tune, evaluate, register")
         click.echo(f"{'created' if result.created else 'updated'} {result.pipeline_arn}", err=True)

@@ -2,7 +2,8 @@
 
 The same commands and the same output for the local registry (default) and SageMaker (``--target sagemaker``):
 group, version, status, accuracy and baseline accuracy (from the package's evaluation.json), created,
-approved by, description; ``describe`` adds the approval history. ``--json`` prints the records instead.
+approved by, description; ``describe`` adds the approval history. ``--json`` prints the records instead;
+``list --format csv`` a pandas-built CSV for a spreadsheet.
 """
 
 from __future__ import annotations
@@ -103,20 +104,50 @@ def registry() -> None:
     """Model Registry: list, describe, approve and reject model versions."""
 
 
+CSV_COLUMNS = ("group", "version", "status", "accuracy", "baseline_accuracy", "created", "approved_by",
+               "description", "arn", "model_data")
+
+
+def records_frame(records: list[dict[str, Any]]) -> Any:
+    """The versions as a pandas table (one row each, accuracies as fractions, times in ISO 8601): the CSV."""
+    import pandas as pd
+
+    rows = []
+    for record in records:
+        metrics = record.get("Metrics") or {}
+        containers = (record.get("InferenceSpecification") or {}).get("Containers") or [{}]
+        created = record.get("CreationTime")
+        rows.append({"group": record["ModelPackageGroupName"], "version": record["ModelPackageVersion"],
+                     "status": record["ModelApprovalStatus"], "accuracy": metrics.get("accuracy"),
+                     "baseline_accuracy": metrics.get("baseline_accuracy"),
+                     "created": created.isoformat() if isinstance(created, datetime) else created,
+                     "approved_by": record.get("ApprovedBy"), "description": record.get("ModelPackageDescription"),
+                     "arn": record.get("ModelPackageArn"), "model_data": containers[0].get("ModelDataUrl")})
+    return pd.DataFrame(rows, columns=list(CSV_COLUMNS))
+
+
 @registry.command("list")
 @TARGET
 @click.option("--group", default=None, help="Only this model package group (default: all groups).")
 @click.option("--status", type=click.Choice([PENDING, APPROVED, REJECTED]), default=None, help="Only this status.")
+@click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]), default=None,
+              help="table (default), json (the records), or csv (one row per version, for a spreadsheet).")
 @AS_JSON
 @click.pass_context
-def list_packages(ctx: click.Context, target: str, group: str | None, status: str | None, as_json: bool) -> None:
+def list_packages(ctx: click.Context, target: str, group: str | None, status: str | None, output_format: str | None,
+                  as_json: bool) -> None:
     """Model versions, newest first, with their metrics and approval state."""
+    if as_json and output_format not in (None, "json"):
+        fail(f"--json and --format {output_format} disagree; give one")
+    output_format = output_format or ("json" if as_json else "table")
     try:
         records = _registry(ctx, target).list_model_packages(group, status)
     except RegistryError as exc:
         fail(str(exc))
-    if as_json:
+    if output_format == "json":
         echo_json(records)
+    elif output_format == "csv":
+        click.echo(records_frame(records).to_csv(index=False), nl=False)
     elif not records:
         click.echo("no model packages" + (f" in group {group!r}" if group else ""))
     else:

@@ -60,24 +60,28 @@ def _dt(epoch: float | None) -> datetime | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
 
 
-def _execution_dir(execution_id: str) -> Path:
+def execution_dir(execution_id: str) -> Path:
+    """The execution's folder: definition.json, report.html, one folder per step."""
     return store.executions_root() / execution_id
 
 
 def run(definition: dict[str, Any], parameters: dict[str, str], *, pipeline_name: str, wait: bool = True,
-        stream: TextIO | None = None, cpus: int | None = None) -> str:
+        stream: TextIO | None = None, cpus: int | None = None, execution_id: str | None = None) -> str:
     """Start an execution of ``definition``; returns its id.
 
     Raises :class:`DefinitionError` (a broken definition, an unknown or mistyped parameter) before anything runs.
     With ``wait`` the execution runs here with progress on ``stream`` (stdout by default); otherwise a
-    detached worker runs it and this returns at once.
+    detached worker runs it and this returns at once. ``execution_id`` (from :func:`new_execution_id`) lets a
+    caller write beside the execution before it starts (``mlops experiment`` keeps its plan there).
     """
     parsed = load(definition)
     typed = parsed.resolve_parameters(dict(parameters))
     records.reconcile_dead_runners()
-    execution_id = new_execution_id()
+    if execution_id is not None and records.get_execution(execution_id) is not None:
+        raise ExecutionStateError(f"execution {execution_id} exists already")
+    execution_id = execution_id or new_execution_id()
     records.create_execution(execution_id, pipeline_name, definition, typed)
-    folder = _execution_dir(execution_id)
+    folder = execution_dir(execution_id)
     atomic_write_json(folder / "definition.json", definition)
     if wait:
         execute(execution_id, stream=stream, cpus=cpus)

@@ -82,12 +82,19 @@ def check_requirements(path: str) -> None:
             "mlops, or remove them from the job's requirements.txt.")
 
 
+class NoSuchObject(Exception):
+    """An s3:// object the store does not hold. Deliberately not an OSError: the launchers exit with an
+    exception's ``errno``, and an OSError without one makes sagemaker-training exit 0 (int(None) raises
+    TypeError inside its handler), so a failed download would pass for a finished job; S3's own ClientError
+    has no errno and exits 1, as this does."""
+
+
 def _from_store(url: str, dst: str) -> None:
     from mlops.store import s3_uri_to_path
 
     source = s3_uri_to_path(url)
     if not source.is_file():
-        raise FileNotFoundError(f"{url}: no such object in the local store ({source})")
+        raise NoSuchObject(f"{url}: no such object in the local store ({source})")
     shutil.copyfile(source, dst)
 
 

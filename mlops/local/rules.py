@@ -188,12 +188,13 @@ def build_rule_classes() -> dict[str, type]:
             return False
 
     class LossNotDecreasing(LocalRule):
-        """Every ``num_steps`` (10) steps of the rule's mode (validation losses when there are any, else
-        training losses, as documented), the loss must have decreased by at least ``diff_percent`` (0.1%)
-        from the loss saved at least ``num_steps`` steps earlier. ``increase_threshold_percent`` (5) is accepted
-        but cannot change the outcome here: any increase already fails the decrease test at a check."""
+        """Every ``num_steps`` (10) steps of the rule's mode (``mode`` when given; else validation losses when
+        there are any, else training losses, as documented), the loss must have decreased by more than
+        ``diff_percent`` (default 0: it must decrease at all) from the loss saved at least ``num_steps`` steps
+        earlier. ``increase_threshold_percent`` (5) is accepted but cannot change the outcome here: any increase
+        already fails the decrease test at a check."""
 
-        defaults: ClassVar[dict[str, Any]] = {"num_steps": 10, "diff_percent": 0.1, "increase_threshold_percent": 5.0}
+        defaults: ClassVar[dict[str, Any]] = {"num_steps": 10, "diff_percent": 0.0, "increase_threshold_percent": 5.0}
 
         def __init__(self, base_trial: Any, **parameters: Any) -> None:
             super().__init__(base_trial, **parameters)
@@ -216,9 +217,9 @@ def build_rule_classes() -> dict[str, type]:
             self.last_check = mode_step
             reference_step, reference = earlier[-1]
             decrease = (reference - loss) / max(abs(reference), 1e-12) * 100
-            if decrease < self.params["diff_percent"]:
+            if decrease <= self.params["diff_percent"]:
                 return self.fire(step, f"{mode.name} loss {loss:.4f} at {mode.name.lower()} step {mode_step} vs "
-                                       f"{reference:.4f} at step {reference_step}: decreased {decrease:.2f}% < "
+                                       f"{reference:.4f} at step {reference_step}: decreased {decrease:.2f}% <= "
                                        f"diff_percent {self.params['diff_percent']:g}%")
             return False
 

@@ -317,6 +317,7 @@ def _environment(job_name: str, base: Path, cpus: int, request: dict[str, Any], 
     env.update(thread_env(cpus))
     env.update({
         "SAGEMAKER_BASE_DIR": str(base),
+        "MLOPS_HOME": str(store.mlops_home()),  # the launcher's s3:// downloads; the job's cwd is its own folder
         "MLOPS_GRANTED_CPUS": str(cpus),
         "SM_STUDIO_LOCAL_MODE": "True",  # the toolkit's own switch: no DNS wait for host names
         "TRAINING_JOB_NAME": job_name,

@@ -1,13 +1,12 @@
 """A local tuning job's outputs, written next to the tuning step's log.
 
-``trials.json`` (ListTrainingJobsForHyperParameterTuningJob's TrainingJobSummaries, best first), ``trials.csv``,
+``trials.json`` (ListTrainingJobsForHyperParameterTuningJob's TrainingJobSummaries, best first), ``trials.csv`` (pandas),
 ``tuning_job.json`` (DescribeHyperParameterTuningJob with BestTrainingJob) and ``tuning.png`` (the objective
 against trial number and against each hyperparameter).
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from pathlib import Path
@@ -72,22 +71,28 @@ def _number(value: Any) -> Any:
         return value
 
 
+def trials_frame(summaries: list[dict[str, Any]], metric: str) -> Any:
+    """One row per trial (best first): job, status, objective, each tuned hyperparameter, seconds, reason."""
+    import pandas as pd
+
+    names = sorted({k for s in summaries for k in (s.get("TunedHyperParameters") or {})})
+    columns = ["TrainingJobName", "TrainingJobStatus", metric, *names, "seconds", "FailureReason"]
+    rows = []
+    for summary in summaries:
+        tuned = summary.get("TunedHyperParameters") or {}
+        start, end = summary.get("TrainingStartTime"), summary.get("TrainingEndTime")
+        rows.append([summary["TrainingJobName"], summary["TrainingJobStatus"], _objective(summary),
+                     *[str(tuned.get(n, "")).strip('"') for n in names],
+                     round(end - start, 1) if start and end else None, summary.get("FailureReason", "")])
+    return pd.DataFrame(rows, columns=columns)
+
+
 def write_outputs(folder: Path, properties: dict[str, Any], summaries: list[dict[str, Any]], metric: str) -> Path:
     """trials.json/.csv, tuning_job.json and tuning.png in ``folder``; returns the folder."""
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / TRIALS_JSON, {"TrainingJobSummaries": summaries})
     atomic_write_json(folder / TUNING_JSON, properties)
-    names = sorted({k for s in summaries for k in (s.get("TunedHyperParameters") or {})})
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["TrainingJobName", "TrainingJobStatus", metric, *names, "seconds", "FailureReason"])
-    for summary in summaries:
-        tuned = summary.get("TunedHyperParameters") or {}
-        start, end = summary.get("TrainingStartTime"), summary.get("TrainingEndTime")
-        writer.writerow([summary["TrainingJobName"], summary["TrainingJobStatus"], _objective(summary),
-                         *[str(tuned.get(n, "")).strip('"') for n in names],
-                         round(end - start, 1) if start and end else "", summary.get("FailureReason", "")])
-    atomic_write_text(folder / TRIALS_CSV, buffer.getvalue())
+    atomic_write_text(folder / TRIALS_CSV, trials_frame(summaries, metric).to_csv(index=False))
     if summaries:
         atomic_write_bytes(folder / TUNING_PNG, _plot(summaries, metric))
     return folder

@@ -101,10 +101,8 @@ class Invocations:
         try:
             body = await self._read_body(req)
             data = handlers.input_fn(body, req.content_type)
-            if data.pixels.shape[1:] != self.model.image_shape:
-                raise handlers.InferenceError(400, f"images of shape {data.pixels.shape[1:]} do not match the "
-                                                   f"model's {self.model.image_shape}")
-            probs = await self.batcher.submit(data.pixels)
+            pixels = handlers.model_input(data, self.model)  # the model's size, channels and layout, or a 4xx
+            probs = await self.batcher.submit(pixels)
             prediction = handlers.Prediction(probs, self.model.class_names, data.single)
             text, content_type = handlers.output_fn(prediction, req.get_header("Accept"))
         except handlers.InferenceError as exc:

@@ -62,6 +62,13 @@ class DebuggedTensorFlow(_StableDebugger, TensorFlow):
     """The same for the TensorFlow estimator (train_keras.py's Keras callback saves what the rules read)."""
 
 
+# LossNotDecreasing reads validation losses only. Without a mode it falls back to TRAIN until the first validation
+# exists, and compares single-batch losses num_steps apart: during a one-cycle warm-up with augmentation that fired
+# on a healthy full run at step 20 ("2.2864 at train step 20 vs 2.2454 at step 10"). Each validation is 3 EVAL
+# steps (6,000 images in batches of 2,000), so the default num_steps=10 compares validation losses ~4 epochs apart.
+RULE_PARAMETERS: dict[str, dict[str, str]] = {"LossNotDecreasing": {"mode": "EVAL"}}
+
+
 def debugger_rules() -> list:
     """The built-in rules on TrainCNN; StopTraining on the ones that mean the run is broken."""
     rules = []
@@ -69,7 +76,7 @@ def debugger_rules() -> list:
                    rule_configs.poor_weight_initialization(), rule_configs.loss_not_decreasing()):
         name = config["DebugRuleConfiguration"]["RuleConfigurationName"]
         actions = rule_configs.ActionList(rule_configs.StopTraining()) if name in STOPPING_RULES else None
-        rule = Rule.sagemaker(config, actions=actions)
+        rule = Rule.sagemaker(config, actions=actions, rule_parameters=RULE_PARAMETERS.get(name))
         # debugger_hook_config saves what every rule reads; the rules' own defaults (every 500 steps) would add a
         # second entry per collection name to DebugHookConfig.
         rule.collection_configs = []

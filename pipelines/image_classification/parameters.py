@@ -10,8 +10,10 @@ from dataclasses import dataclass, fields
 
 from sagemaker.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
 
-ARCHITECTURES = ["compact", "keras", "dense"]
-TUNED_ARCHITECTURES = ["compact", "keras"]  # the tuner searches the CNNs; dense is a baseline chosen by name
+ARCHITECTURES = ["compact", "keras", "dense", "resnet18"]
+# the tuner searches the CNNs; dense (a baseline) and resnet18 (transfer learning) are chosen by name
+TUNED_ARCHITECTURES = ["compact", "keras"]
+NO_WEIGHTS_PREFIX = "pretrained/none"  # PretrainedWeightsUrl's default: a prefix holding only a README.txt note
 DATA_FORMATS = ["auto", "idx", "cifar10", "image-folder"]
 RUNTIME_STRATEGIES = ["Bayesian", "Random"]  # strategies that share one tuning-job shape
 
@@ -34,6 +36,7 @@ class Parameters:
     accuracy_threshold: ParameterFloat
     model_approval_status: ParameterString
     cnn_architecture: ParameterString
+    pretrained_weights: ParameterString
     tuning_strategy: ParameterString
     tuning_early_stopping: ParameterString
     tuning_random_seed: ParameterInteger
@@ -68,6 +71,9 @@ def make_parameters(default_bucket: str, tuning_strategy: str, input_prefix: str
         model_approval_status=ParameterString("ModelApprovalStatus", default_value="PendingManualApproval",
                                               enum_values=["PendingManualApproval", "Approved", "Rejected"]),
         cnn_architecture=ParameterString("CnnArchitecture", default_value="compact", enum_values=ARCHITECTURES),
+        # TrainCNN's weights channel (resnet18 fine-tunes from the *.pth/*.pt there; nothing there: from scratch).
+        pretrained_weights=ParameterString("PretrainedWeightsUrl",
+                                           default_value=f"s3://{default_bucket}/{NO_WEIGHTS_PREFIX}/"),
         tuning_strategy=ParameterString("TuningStrategy", default_value=tuning_strategy,
                                         enum_values=RUNTIME_STRATEGIES if runtime_choice else [tuning_strategy]),
         tuning_early_stopping=ParameterString("TuningEarlyStoppingType", default_value="Auto" if runtime_choice

@@ -96,7 +96,7 @@ STEPS = StepNames()
 
 
 @dataclass(frozen=True)
-class _Build:
+class Build:
     """What every step of one build needs."""
 
     region: str
@@ -185,12 +185,9 @@ def get_pipeline(
     if registered_model_source not in MODEL_SOURCES:
         raise ValueError(f"registered_model_source={registered_model_source!r}: expected one of "
                          f"{', '.join(MODEL_SOURCES)}")
-    with quiet_sdk():
-        session = get_session(region, default_bucket)
-    build = _Build(region=region, role=role, session=session, framework=framework,
-                   code=code_location(default_bucket, pipeline_name, bundle or collect_bundle()),
-                   params=make_parameters(default_bucket, tuning_strategy),
-                   artifacts=f"s3://{default_bucket}/{pipeline_name}", base_job_prefix=base_job_prefix)
+    build = make_build(region, role, default_bucket, pipeline_name, base_job_prefix, bundle, tuning_strategy,
+                       framework=framework)
+    session = build.session
     cache_config = cache_config if cache_config is not None else default_cache_config()
     retry_policies = list(retry_policies) if retry_policies is not None else default_retry_policies()
     job_options = {"cache_config": cache_config, "retry_policies": retry_policies}
@@ -198,27 +195,7 @@ def get_pipeline(
 
     with offline_default_session(session.boto_session), quiet_sdk():
         # Preprocess: raw images -> normalized train/validation/test splits.
-        step_preprocess = ProcessingStep(
-            name=STEPS.preprocess,
-            step_args=_processor(build, "preprocess.py").run(
-                inputs=[
-                    _code_input(build.code),
-                    ProcessingInput(source=params.input_data, destination="/opt/ml/processing/input/raw",
-                                    input_name="raw"),
-                ],
-                outputs=[ProcessingOutput(output_name=split, source=f"/opt/ml/processing/output/{split}")
-                         for split in ("train", "validation", "test")],
-                arguments=[
-                    "--input-dir", "/opt/ml/processing/input/raw",
-                    "--output-dir", "/opt/ml/processing/output",
-                    "--max-train-samples", params.max_train_samples.to_string(),
-                    "--max-test-samples", params.max_test_samples.to_string(),
-                    "--data-format", params.data_format,
-                    "--image-size", params.image_size.to_string(),
-                ],
-            ),
-            **job_options,
-        )
+        step_preprocess = preprocess_step(build, job_options)
         splits = step_preprocess.properties.ProcessingOutputConfig.Outputs
         channels = {split: TrainingInput(s3_data=splits[split].S3Output.S3Uri) for split in ("train", "validation")}
 
@@ -228,7 +205,7 @@ def get_pipeline(
 
         # TuneCNN: search the CNN's hyperparameters on a subset (trials carry no Debugger/Profiler: tuning jobs
         # cannot run rules, and the trials must stay cheap).
-        trial = _cnn_estimator(build, name="cnn-trial", output="models/tuning", debug_uri=None,
+        trial = cnn_estimator(build, name="cnn-trial", output="models/tuning", debug_uri=None,
                                hyperparameters={"train-fraction": TUNING_TRAIN_FRACTION})
         tuner = make_tuner(trial, params, tuning_strategy, base_job_prefix)
         step_tune = TuningStep(name=STEPS.tune_cnn, step_args=tuner.fit(inputs=channels), **job_options)
@@ -238,9 +215,12 @@ def get_pipeline(
         final_hyperparameters = {"epochs": params.cnn_epochs,
                                  **{name: best[name] for name in TUNED_FINAL_HYPERPARAMETERS},
                                  "architecture": params.cnn_architecture}
-        cnn = _cnn_estimator(build, name="cnn", output="models/cnn", debug_uri=f"{build.artifacts}/debug",
+        # Its weights channel: pretrained weights for resnet18 (the trials never get one; train_keras.py, which has
+        # no resnet18, ignores it).
+        cnn = cnn_estimator(build, name="cnn", output="models/cnn", debug_uri=f"{build.artifacts}/debug",
                              hyperparameters=final_hyperparameters)
-        step_train_cnn = TrainingStep(name=STEPS.train_cnn, step_args=cnn.fit(inputs=channels), **job_options)
+        cnn_channels = {**channels, "weights": TrainingInput(s3_data=params.pretrained_weights)}
+        step_train_cnn = TrainingStep(name=STEPS.train_cnn, step_args=cnn.fit(inputs=cnn_channels), **job_options)
 
         # EvaluateBaseline: the XGBoost baseline on the test split, in the XGBoost image (the PyTorch image has
         # no xgboost, and a job must not pip-install at run time: no internet in a VPC).
@@ -248,9 +228,9 @@ def get_pipeline(
                                      input_name="test")
         step_evaluate_baseline = ProcessingStep(
             name=STEPS.evaluate_baseline,
-            step_args=_processor(build, "evaluate.py", image_uri=xgboost_image(region)).run(
+            step_args=processor(build, "evaluate.py", image_uri=xgboost_image(region)).run(
                 inputs=[
-                    _code_input(build.code),
+                    code_input(build.code),
                     ProcessingInput(source=step_train_xgb.properties.ModelArtifacts.S3ModelArtifacts,
                                     destination="/opt/ml/processing/model", input_name="model"),
                     test_input,
@@ -272,9 +252,9 @@ def get_pipeline(
         evaluation_report = PropertyFile(name="EvaluationReport", output_name="evaluation", path="evaluation.json")
         step_evaluate = ProcessingStep(
             name=STEPS.evaluate,
-            step_args=_processor(build, "evaluate.py").run(
+            step_args=processor(build, "evaluate.py").run(
                 inputs=[
-                    _code_input(build.code),
+                    code_input(build.code),
                     ProcessingInput(source=cnn_model_data, destination="/opt/ml/processing/model/cnn",
                                     input_name="cnn-model"),
                     ProcessingInput(source=baseline_uri, destination="/opt/ml/processing/baseline",
@@ -343,7 +323,7 @@ def get_pipeline(
         )
 
 
-def _serving_model(build: _Build, model_data: Any) -> Model:
+def _serving_model(build: Build, model_data: Any) -> Model:
     """What Register registers: the model.tar.gz with its code/ in the framework's inference image."""
     image = framework_image(build.framework, build.region, "inference", instance_type="ml.m5.large")
     if build.framework == "tensorflow":
@@ -360,7 +340,48 @@ def _serving_model(build: _Build, model_data: Any) -> Model:
     )
 
 
-def _processor(build: _Build, script: str, image_uri: str | None = None) -> Processor:
+def make_build(region: str, role: str, default_bucket: str, pipeline_name: str, base_job_prefix: str,
+               bundle: SourceBundle | None = None, tuning_strategy: str = "Bayesian", *,
+               framework: str = "pytorch") -> Build:
+    """What every step of a build needs: the SDK session, the staged code's URIs, the parameters and the CNN's
+    framework (pytorch or tensorflow)."""
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"framework={framework!r}: expected one of {', '.join(FRAMEWORKS)}")
+    with quiet_sdk():
+        session = get_session(region, default_bucket)
+    return Build(region=region, role=role, session=session, framework=framework,
+                 code=code_location(default_bucket, pipeline_name, bundle or collect_bundle()),
+                 params=make_parameters(default_bucket, tuning_strategy),
+                 artifacts=f"s3://{default_bucket}/{pipeline_name}", base_job_prefix=base_job_prefix)
+
+
+def preprocess_step(build: Build, job_options: dict) -> ProcessingStep:
+    """Preprocess: raw images (InputDataUrl, DataFormat) -> normalized train/validation/test splits."""
+    params = build.params
+    return ProcessingStep(
+        name=STEPS.preprocess,
+        step_args=processor(build, "preprocess.py").run(
+            inputs=[
+                code_input(build.code),
+                ProcessingInput(source=params.input_data, destination="/opt/ml/processing/input/raw",
+                                input_name="raw"),
+            ],
+            outputs=[ProcessingOutput(output_name=split, source=f"/opt/ml/processing/output/{split}")
+                     for split in ("train", "validation", "test")],
+            arguments=[
+                "--input-dir", "/opt/ml/processing/input/raw",
+                "--output-dir", "/opt/ml/processing/output",
+                "--max-train-samples", params.max_train_samples.to_string(),
+                "--max-test-samples", params.max_test_samples.to_string(),
+                "--data-format", params.data_format,
+                "--image-size", params.image_size.to_string(),
+            ],
+        ),
+        **job_options,
+    )
+
+
+def processor(build: Build, script: str, image_uri: str | None = None) -> Processor:
     """A processing job that runs ``training/<script>`` from the bundle (in the CNN framework's image by default)."""
     return Processor(
         role=build.role,
@@ -374,11 +395,11 @@ def _processor(build: _Build, script: str, image_uri: str | None = None) -> Proc
     )
 
 
-def _code_input(code: StagedCode) -> ProcessingInput:
+def code_input(code: StagedCode) -> ProcessingInput:
     return ProcessingInput(source=code.source_uri, destination=CONTAINER_CODE_DIR, input_name="code")
 
 
-def _xgboost_estimator(build: _Build) -> EstimatorBase:
+def _xgboost_estimator(build: Build) -> EstimatorBase:
     return XGBoost(
         # The XGBoost container runs the program as a module (python -m <program minus .py>), after pip-installing
         # the bundle: a module name, not a path (training/train_xgboost.py fails with "No module named ...").
@@ -399,10 +420,10 @@ def _xgboost_estimator(build: _Build) -> EstimatorBase:
     )
 
 
-def _cnn_estimator(build: _Build, *, name: str, output: str, debug_uri: str | None,
-                   hyperparameters: dict) -> EstimatorBase:
-    """PyTorch or TensorFlow script mode from the staged bundle; ``debug_uri`` = where Debugger/Profiler output
-    goes (None: off)."""
+def cnn_estimator(build: Build, *, name: str, output: str, debug_uri: str | None,
+                  hyperparameters: dict) -> EstimatorBase:
+    """PyTorch or TensorFlow script mode (``build.framework``) from the staged bundle; ``debug_uri`` = where
+    Debugger/Profiler output goes (None: off)."""
     options: dict[str, Any] = dict(
         entry_point=CNN_PROGRAMS[build.framework],
         source_dir=build.code.tarball_uri,

@@ -1,5 +1,6 @@
 """Hypothesis strategies of request bodies for every content type input_fn takes: well-formed, mutated, random.
 
+Each body goes through input_fn and then model_input for a 28x28 digit model and a 3x32x32 colour model.
 Shared by the bounded fuzz tests (tests/inference/test_fuzz.py) and benchmarks/bench_fuzz.py, so the
 benchmark's 100,000+ inputs come from exactly the generators the test suite runs.
 """
@@ -15,21 +16,40 @@ from hypothesis.extra import numpy as hnp
 
 from inference import inference as h
 from tests.helpers.images import digit_forms
-from tests.helpers.models import load_mnist
+from tests.helpers.models import cnn_config, load_mnist
+
+# A digit model (MNIST's recipe for images) and a colour model (images read like training): model_input's two paths.
+DIGIT_MODEL = h.LoadedModel(cnn_config(), None, "pytorch")
+COLOUR_MODEL = h.LoadedModel({**cnn_config(), "image_shape": [3, 32, 32], "in_channels": 3,
+                              "data_format": "image-folder"}, None, "pytorch")
 
 
-def check(body: bytes, content_type: str | None) -> str:
-    """Run input_fn; the only exception allowed is InferenceError with a 4xx status. Returns the outcome."""
+def _refused(exc: h.InferenceError) -> str:
+    assert 400 <= exc.status_code < 500 and exc.message, (exc.status_code, exc.message)
+    return str(exc.status_code)
+
+
+def _fits(batch: h.Batch, model: h.LoadedModel) -> str:
+    """model_input for ``model``: pixels in the model's layout and range, or a 4xx InferenceError."""
     try:
-        batch = h.input_fn(body, content_type)
+        pixels = h.model_input(batch, model)
     except h.InferenceError as exc:
-        assert 400 <= exc.status_code < 500 and exc.message, (exc.status_code, exc.message)
-        return str(exc.status_code)
-    pixels = batch.pixels
-    assert pixels.ndim == 3 and pixels.shape[1:] == (28, 28) and 1 <= len(pixels) <= h.MAX_BATCH, pixels.shape
+        return _refused(exc)
+    assert pixels.shape[1:] == model.image_shape and 1 <= len(pixels) <= h.MAX_BATCH, pixels.shape
     assert pixels.dtype == np.float32 and np.isfinite(pixels).all(), pixels.dtype
     assert float(pixels.min()) >= 0 and float(pixels.max()) <= 255, (float(pixels.min()), float(pixels.max()))
     return "ok"
+
+
+def check(body: bytes, content_type: str | None) -> str:
+    """Run input_fn, then model_input for a digit and a colour model; the only exception allowed is
+    InferenceError with a 4xx status. Returns the digit model's outcome."""
+    try:
+        batch = h.input_fn(body, content_type)
+    except h.InferenceError as exc:
+        return _refused(exc)
+    _fits(batch, COLOUR_MODEL)
+    return _fits(batch, DIGIT_MODEL)
 
 
 @st.composite
@@ -86,7 +106,8 @@ json_bodies = st.one_of(
 npy_arrays = hnp.arrays(
     st.one_of(hnp.integer_dtypes(), hnp.unsigned_integer_dtypes(), hnp.floating_dtypes(), hnp.boolean_dtypes(),
               hnp.complex_number_dtypes(), hnp.byte_string_dtypes(max_len=3), hnp.unicode_string_dtypes(max_len=3)),
-    st.one_of(st.sampled_from([(28, 28), (784,), (2, 28, 28), (1, 1, 28, 28), (2, 1, 28, 28), (0, 784)]),
+    st.one_of(st.sampled_from([(28, 28), (784,), (2, 28, 28), (1, 1, 28, 28), (2, 1, 28, 28), (0, 784),
+                               (3, 32, 32), (32, 32, 3), (2, 32, 32, 3), (1, 3072)]),
               hnp.array_shapes(min_dims=0, max_dims=4, max_side=6)))
 npy_bodies = st.one_of(
     npy_arrays.map(_npy),

@@ -145,3 +145,64 @@ def digit_png(image: np.ndarray, size: int | None = None, invert: bool = False, 
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# -- a colour model (3x32x32, image-folder data) that really tells its classes apart ---------------------------------
+
+COLOUR_CLASSES = ["blue", "green", "red"]  # sorted, as image-folder class names are
+
+
+def colour_pictures(count: int, width: int = 32, height: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W, 3) uint8 pictures and labels: a noisy grey background with a rectangle of the class's colour
+    (blue, green or red) at a random place and size."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % len(COLOUR_CLASSES)
+    pictures = np.clip(rng.normal(90, 30, size=(count, height, width, 3)), 0, 255)
+    for picture, label in zip(pictures, labels, strict=True):
+        h, w = rng.integers(height // 3, height * 2 // 3 + 1), rng.integers(width // 3, width * 2 // 3 + 1)
+        top, left = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
+        colour = np.full(3, 30.0)
+        colour[2 - label] = 230.0  # blue -> channel 2, green -> 1, red -> 0
+        picture[top: top + h, left: left + w] = colour + rng.normal(0, 10, size=(h, w, 3))
+    return np.clip(pictures, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=1)
+def trained_colour_cnn(samples: int = 600, epochs: int = 3) -> tuple[Any, dict]:
+    """A compact 3x32x32 CNN fitted in seconds on :func:`colour_pictures`; returns (state_dict, config) with the
+    config an image-folder training job writes (data_format, in_channels, class names, normalization)."""
+    import torch
+
+    from training.models import build_model
+
+    pictures, labels = colour_pictures(samples, seed=1)
+    images = pictures.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    mean, std = float(images.mean()), float(images.std())
+    config = {**cnn_config(width=8), "num_classes": 3, "class_names": COLOUR_CLASSES, "image_shape": [3, 32, 32],
+              "in_channels": 3, "data_format": "image-folder",
+              "normalization": {"scale": 1 / 255, "mean": mean, "std": std}}
+    torch.manual_seed(0)
+    net = build_model("compact", 3, kernel_size=3, width=8, dropout=0.05, in_channels=3, image_size=32)
+    x, y = torch.from_numpy((images - mean) / std), torch.from_numpy(labels)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+    net.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x))
+        for start in range(0, len(x), 32):
+            idx = order[start: start + 32]
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
+            optimizer.step()
+    net.eval()
+    return net.state_dict(), config
+
+
+def picture_png(picture: np.ndarray, mode: str = "RGB") -> bytes:
+    """Encode an (H, W, 3) uint8 picture as PNG, converted to ``mode`` (RGB, RGBA, L, P)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(picture).convert(mode).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -99,3 +99,40 @@ def test_stage_local_path_to_s3_uploads_once_sums_last(tmp_path):
     assert keys == [f"{prefix}train/a/1.png", f"{prefix}train/b/2.png", f"{prefix}SHA256SUMS"]
     assert staging.stage_local_path_to_s3(tmp_path / "set", "bkt", client) == uri
     assert len(client.objects) == 3
+
+
+def test_a_weights_file_is_staged_by_digest_with_checksums(tmp_path, monkeypatch):
+    from training.datasets import verify_checksums
+
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    write_files(tmp_path / "w", {"resnet18.pth": "weights"})
+    uri = staging.stage_local_path_local(tmp_path / "w" / "resnet18.pth", "mlops-local", staging.WEIGHTS_INPUT)
+    assert uri.startswith("s3://mlops-local/pretrained/local/") and len(uri.rstrip("/").rsplit("/", 1)[1]) == 16
+    staged = s3_uri_to_path(uri)
+    assert sorted(p.name for p in staged.iterdir()) == ["SHA256SUMS", "resnet18.pth"]
+    assert set(verify_checksums(staged)) == {"resnet18.pth"}
+    assert staging.stage_local_path_local(tmp_path / "w", "mlops-local", staging.WEIGHTS_INPUT) == uri  # same bytes
+
+
+def test_a_weights_path_must_hold_one_state_dict_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    write_files(tmp_path, {"none/notes.txt": "x", "two/a.pth": "a", "two/b.pt": "b", "bin/resnet18.bin": "w"})
+    for folder, found in (("none", "found 0"), ("two", "found 2: a.pth, b.pt"), ("bin/resnet18.bin", "found 0")):
+        with pytest.raises(ValueError, match=f"PretrainedWeightsUrl .*{found}"):
+            staging.stage_local_path_local(tmp_path / folder, "mlops-local", staging.WEIGHTS_INPUT)
+    with pytest.raises(FileNotFoundError, match="PretrainedWeightsUrl .*no such file"):
+        staging.stage_local_path_local(tmp_path / "absent.pth", "mlops-local", staging.WEIGHTS_INPUT)
+    assert not (tmp_path / "home").exists()  # nothing staged
+
+
+def test_the_no_weights_note_is_written_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    written = staging.stage_no_weights_note_local("s3://mlops-local/pretrained/none/")
+    assert written == s3_uri_to_path("s3://mlops-local/pretrained/none/README.txt")
+    assert b"trains from scratch" in written.read_bytes()
+    assert staging.stage_no_weights_note_local("s3://mlops-local/pretrained/none/") is None
+    client = _FakeS3()
+    assert staging.stage_no_weights_note_to_s3("s3://bkt/pretrained/none/", client) == \
+        "s3://bkt/pretrained/none/README.txt"
+    assert staging.stage_no_weights_note_to_s3("s3://bkt/pretrained/none/", client) is None
+    assert list(client.objects) == [("bkt", "pretrained/none/README.txt")]

@@ -54,11 +54,11 @@ def test_build_is_offline_and_fast(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: other work on the machine must not fail the test
     built = build_definition(CONFIG)
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
     assert built["Steps"]
-    assert elapsed < 2.0, f"building the definition took {elapsed:.2f} s (budget 2 s after imports)"
+    assert elapsed < 2.0, f"building the definition took {elapsed:.2f} s of CPU (budget 2 s after imports)"
 
 
 def test_definition_is_stable_between_builds(definition):
@@ -115,14 +115,19 @@ def test_processing_steps_run_job_scripts_from_the_bundle(definition):
 def test_training_steps_use_script_mode_from_the_tarball(definition):
     steps = steps_by_name(definition)
     tarball = code_location(LOCAL_BUCKET, "image-classification", collect_bundle()).tarball_uri
-    for name, program, metrics in (("TrainCNN", "training/train_cnn.py", CNN_METRIC_DEFINITIONS),
-                                   ("TrainXGBoost", "training.train_xgboost", XGBOOST_METRIC_DEFINITIONS)):
+    for name, program, metrics, channels in (
+            ("TrainCNN", "training/train_cnn.py", CNN_METRIC_DEFINITIONS, ["train", "validation", "weights"]),
+            ("TrainXGBoost", "training.train_xgboost", XGBOOST_METRIC_DEFINITIONS, ["train", "validation"])):
         arguments = steps[name]["Arguments"]
         hyperparameters = arguments["HyperParameters"]
         assert json.loads(hyperparameters["sagemaker_program"]) == program  # XGBoost: a module (python -m)
         assert json.loads(hyperparameters["sagemaker_submit_directory"]) == tarball
         assert arguments["AlgorithmSpecification"]["MetricDefinitions"] == metrics
-        assert [c["ChannelName"] for c in arguments["InputDataConfig"]] == ["train", "validation"]
+        assert [c["ChannelName"] for c in arguments["InputDataConfig"]] == channels
+    weights = steps["TrainCNN"]["Arguments"]["InputDataConfig"][2]["DataSource"]["S3DataSource"]
+    assert weights["S3Uri"] == {"Get": "Parameters.PretrainedWeightsUrl"}  # pretrained weights for resnet18
+    trial = steps["TuneCNN"]["Arguments"]["TrainingJobDefinition"]["InputDataConfig"]
+    assert [c["ChannelName"] for c in trial] == ["train", "validation"]  # the trials never get weights
     cnn = steps["TrainCNN"]["Arguments"]["HyperParameters"]
     assert set(cnn) >= {"epochs", "batch-size", "lr", "architecture"}
     # The final training takes the tuner's best lr/batch size (pipeline.TUNED_FINAL_HYPERPARAMETERS)
@@ -192,6 +197,8 @@ def test_parameters_and_defaults(definition):
     assert defaults["TuningMaxJobs"] == 4 and defaults["TuningMaxParallelJobs"] == 2
     assert defaults["TrainingInstanceType"] == "ml.m5.xlarge" and defaults["ProcessingInstanceType"] == "ml.m5.large"
     assert defaults["InputDataUrl"] == f"s3://{LOCAL_BUCKET}/data/mnist/"
+    assert defaults["PretrainedWeightsUrl"] == f"s3://{LOCAL_BUCKET}/pretrained/none/"
+    assert "resnet18" in parameters["CnnArchitecture"]["EnumValues"]
     for name in ("ProcessingInstanceCount", "TrainingInstanceCount"):
         assert parameters[name]["Type"] == "Integer"
 

@@ -57,6 +57,57 @@ def test_run_local_is_the_default(local, tmp_path):
     assert failed.exit_code == 1 and "ended Failed: CNN accuracy 0.5" in failed.output
 
 
+def test_run_local_stages_pretrained_weights_given_as_a_path(local, tmp_path):
+    from mlops.cli import main
+    from mlops.store import s3_uri_to_path
+
+    calls, _ = local
+    weights = tmp_path / "resnet 18.pth"
+    weights.write_bytes(b"state dict bytes")
+    result = CliRunner().invoke(main, ["run", "--param", "CnnArchitecture=resnet18",
+                                       "--param", f"PretrainedWeightsUrl=file://{weights.as_posix().replace(' ', '%20')}"])
+    assert result.exit_code == 0, result.output
+    uri = calls["parameters"]["PretrainedWeightsUrl"]
+    assert uri.startswith("s3://mlops-local/pretrained/local/") and f"staged as {uri}" in result.output
+    assert s3_uri_to_path(uri + "resnet 18.pth").read_bytes() == b"state dict bytes"
+    assert s3_uri_to_path("s3://mlops-local/pretrained/none/README.txt").is_file()  # the default's note, always
+    passed = CliRunner().invoke(main, ["run", "--param", "PretrainedWeightsUrl=s3://elsewhere/r18.pth"])
+    assert passed.exit_code == 0 and calls["parameters"]["PretrainedWeightsUrl"] == "s3://elsewhere/r18.pth"
+    calls.clear()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "README.md").write_text("no weights")
+    refused = CliRunner().invoke(main, ["run", "--param", f"PretrainedWeightsUrl={notes}"])
+    assert refused.exit_code == 1 and "expected one *.pth or *.pt state dict file, found 0" in refused.output
+    assert calls == {}  # nothing ran
+
+
+def test_run_sagemaker_uploads_a_local_weights_path_first(tmp_path, monkeypatch):
+    """--target sagemaker: a local PretrainedWeightsUrl goes to S3 (sums last) and the note to the default prefix."""
+    from mlops import staging
+    from mlops.cli import pipeline as cli_pipeline
+    from mlops.definition.build import build_definition
+    from mlops.definition.config import LOCAL_ROLE_ARN, PipelineConfig
+    from tests.mlops.test_staging import _FakeS3
+
+    config = PipelineConfig(region="us-east-1", role=LOCAL_ROLE_ARN, bucket="bkt", pipeline_name="image-classification",
+                            model_package_group="image-classification")
+    built = build_definition(config)
+    client = _FakeS3()
+    weights = tmp_path / "resnet18.pth"
+    weights.write_bytes(b"w")
+    overrides = {"PretrainedWeightsUrl": str(weights), "InputDataUrl": "s3://bkt/data/x/"}
+    cli_pipeline.stage_inputs(config, built, overrides, lambda bundle, staged: [], lambda local, uri: [],
+                               lambda source, bucket, target: staging.stage_local_path_to_s3(source, bucket, client,
+                                                                                              target),
+                               lambda uri: staging.stage_no_weights_note_to_s3(uri, client))
+    keys = [key for _, key in client.objects]
+    prefix = overrides["PretrainedWeightsUrl"].removeprefix("s3://bkt/")
+    assert prefix.startswith("pretrained/local/")
+    assert keys == ["pretrained/none/README.txt", f"{prefix}resnet18.pth", f"{prefix}SHA256SUMS"]
+    assert overrides["InputDataUrl"] == "s3://bkt/data/x/"
+
+
 def test_run_local_refuses_bad_parameters(local):
     from mlops.cli import main
 

@@ -100,3 +100,24 @@ def test_sagemaker_target_with_moto(monkeypatch):
         approved = boto3.client("sagemaker", region_name="us-east-1").list_model_packages(
             ModelPackageGroupName=GROUP, ModelApprovalStatus="Approved")["ModelPackageSummaryList"]
         assert len(approved) == 1
+
+
+def test_list_as_csv_is_one_row_per_version(home):
+    import io
+
+    import pandas as pd
+
+    result = mlops("registry", "list", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(io.StringIO(result.output))
+    assert list(table.columns) == ["group", "version", "status", "accuracy", "baseline_accuracy", "created",
+                                   "approved_by", "description", "arn", "model_data"]
+    assert table["version"].tolist() == [2, 1]
+    assert set(table["status"]) == {"PendingManualApproval"} and set(table["group"]) == {GROUP}
+    assert table["accuracy"].iloc[0] == pytest.approx(0.9941)
+    assert table["arn"].iloc[0].endswith(f"{GROUP}/2")
+    assert pd.Timestamp(table["created"].iloc[0]).year >= 2024
+    empty = mlops("registry", "list", "--format", "csv", "--status", "Rejected")
+    assert empty.exit_code == 0 and empty.output.strip() == ",".join(table.columns)
+    refused = CliRunner().invoke(main, ["registry", "list", "--json", "--format", "csv"])
+    assert refused.exit_code == 1 and "--json and --format csv disagree" in refused.output

@@ -70,6 +70,11 @@ def test_image_folder_from_a_file_uri_runs_end_to_end(home: Path, tmp_path: Path
     answer = json.loads(body)["predictions"][0]
     assert answer["class_name"] == "owl", answer
     assert {entry["class_name"] for entry in answer["top_k"]} <= {"cat", "dog", "owl"}
+    # the image file itself: a 28x28 image-folder model reads it as its training job did, not as an MNIST digit
+    assert config["data_format"] == "image-folder" and not model.digit_input
+    jpeg = (data / "train" / "owl" / "0.jpg").read_bytes()
+    body, _ = inference.output_fn(inference.predict_fn(inference.input_fn(jpeg, "image/jpeg"), model), None)
+    assert json.loads(body)["class_name"] == "owl", body
 
 
 @pytest.mark.slow

@@ -148,7 +148,8 @@ BUILT_TO_TRIGGER = textwrap.dedent("""
             model[3].bias.zero_()
         optimizer, epochs, validate = torch.optim.SGD(model.parameters(), lr=1e-4), 3, False
     elif kind == "flat-loss":
-        optimizer, epochs, validate = torch.optim.SGD(model.parameters(), lr=0.0), 15, False  # nothing is learnt
+        # Nothing is learnt; the rule reads validation losses (mode EVAL in the definition), one per epoch here.
+        optimizer, epochs, validate = torch.optim.SGD(model.parameters(), lr=0.0), 15, True
     else:  # "overtrain": random labels, memorised; the validation loss only grows
         optimizer, epochs, validate = torch.optim.Adam(model.parameters(), lr=0.01), 40, True
     for epoch in range(epochs):
