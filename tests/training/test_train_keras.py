@@ -66,10 +66,11 @@ def served(keras_job):
 def test_job_writes_the_tf_serving_layout_and_the_metrics_lines(keras_job):
     model = keras_job["model"]
     assert (model / "1" / "saved_model.pb").is_file() and (model / "1" / "variables").is_dir()
-    assert sorted(p.name for p in (model / "code").iterdir()) == ["inference.py", "requirements.txt"]
+    assert sorted(p.name for p in (model / "code").iterdir()) == ["features.py", "inference.py", "requirements.txt"]
     assert "Pillow" in (model / "code" / "requirements.txt").read_text()
     config = json.loads((model / "model_config.json").read_text())
     assert config["framework"] == "tensorflow" and config["image_shape"] == [28, 28]
+    assert config["data_format"] == "idx"  # a digit model: the handlers read images with MNIST's recipe
     assert config["saved_model"] == {"version": "1", "signature": "serving_default", "input": "pixels",
                                      "output": "probabilities"}
     metrics = parse_metrics(keras_job["log"], CNN_METRIC_DEFINITIONS)
@@ -131,6 +132,24 @@ def test_bad_requests_get_the_pytorch_models_status(served, name, body, content_
     with pytest.raises(served.errors) as caught:
         served.invoke(body, content_type)
     assert caught.value.status_code == status, f"{name}: {caught.value}"
+
+
+def test_input_handler_fits_requests_as_pytorch_does(served):
+    """Any size and colour: input_handler sends TF Serving what model_input gives a PyTorch model of that config."""
+    from PIL import Image
+
+    from inference import inference
+
+    digit = load_mnist("test", limit=1)[0][0].astype(np.uint8)
+    photo = io.BytesIO()  # dark ink on a light background, RGB, 90x70: MNIST's recipe turns it into a 28x28 digit
+    Image.fromarray(255 - digit).resize((90, 70)).convert("RGB").save(photo, "PNG")
+    model = inference.LoadedModel(served.config, None, "tensorflow")
+    for body, content_type in ((photo.getvalue(), "image/png"),
+                               (json.dumps(digit[..., None].tolist()).encode(), "application/json")):  # (28, 28, 1)
+        request = json.loads(served.handlers.input_handler(io.BytesIO(body), served.context(content_type, None)))
+        expected = inference.model_input(inference.input_fn(body, content_type), model)
+        assert expected.shape == (1, 28, 28)
+        np.testing.assert_allclose(np.asarray(request["inputs"]), expected, atol=1e-3)
 
 
 def test_tf_serving_predict_bodies(served):
