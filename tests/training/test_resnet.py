@@ -251,8 +251,8 @@ def test_the_job_fine_tunes_from_the_weights_channel_and_the_model_serves(tmp_pa
     config = json.loads((tmp_path / "model" / "model_config.json").read_text())
     assert config["architecture"] == "resnet18" and config["class_names"] == ["ant", "bee"]
     model = inference.model_fn(str(tmp_path / "model"))
-    pixels = np.full((1, 28, 28), 40.0, dtype=np.float32)
-    answer = json.loads(inference.output_fn(inference.predict_fn(inference.Batch(pixels, True), model),
+    pixels = np.full((28, 28), 40.0, dtype=np.float32)  # one image: model_input answers it as one object
+    answer = json.loads(inference.output_fn(inference.predict_fn(inference.Batch(pixels), model),
                                             "application/json")[0])
     assert answer["class_name"] in ("ant", "bee") and len(answer["top_k"]) == 2
 
