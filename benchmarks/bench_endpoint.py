@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,12 +54,6 @@ def wait_for_quiet(max_load: float, wait_s: float) -> float:
     return load
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class OurServer:
     name = "mlops (falcon ASGI on uvicorn workers)"
 
@@ -68,7 +61,7 @@ class OurServer:
         self.model_dir, self.workers, self.threads = model_dir, workers, threads
         self.context = None
 
-    def start(self, port: int) -> int:
+    def start(self) -> int:
         """Start on a port of its own choosing (the shared test helper picks it); returns that port."""
         from tests.helpers.serving import serving
 
@@ -76,7 +69,7 @@ class OurServer:
         started_port, _ = self.context.__enter__()
         return started_port
 
-    def stop(self, port: int) -> None:
+    def stop(self) -> None:
         if self.context is not None:
             self.context.__exit__(None, None, None)
             self.context = None
@@ -87,24 +80,18 @@ class PeerServer:
 
     def __init__(self, work: Path, model_tar: Path, workers: int, omp_threads: int | None) -> None:
         self.work, self.model_tar, self.workers, self.omp = work, model_tar, workers, omp_threads
-        self.env = {**os.environ, "PEER_DIR": str(work), "VENV": sys.prefix, "MODEL_TAR": str(model_tar),
-                    "ML_BASE": str(work / "ml"), "READY_TIMEOUT": "240"}
-        if omp_threads:
-            self.env["OMP_NUM_THREADS"] = str(omp_threads)
+        self.context = None
 
-    def start(self, port: int) -> int:
-        out = subprocess.run(["bash", str(PEER_SRC / "start_peer.sh"), str(self.workers), str(port)], env=self.env,
-                             capture_output=True, text=True, timeout=300, check=False)
-        if out.returncode != 0:
-            log = self.work / f"run-{port}" / "peer.log"
-            tail = log.read_text()[-1500:] if log.exists() else ""
-            raise RuntimeError(f"start_peer.sh failed: {out.stdout[-1500:]} {out.stderr[-1500:]} {tail}")
-        return port
+    def start(self) -> int:
+        from tests.helpers.serving import peer_serving
 
-    def stop(self, port: int) -> None:
-        subprocess.run(["bash", str(PEER_SRC / "stop_peer.sh"), str(port)], env=self.env, capture_output=True,
-                       timeout=60, check=False)
-        (self.work / f"run-{port}" / "peer.log").unlink(missing_ok=True)  # ~2 KB per request: not worth keeping
+        self.context = peer_serving(self.model_tar, self.work, self.workers, self.omp)
+        return self.context.__enter__()
+
+    def stop(self) -> None:
+        if self.context is not None:
+            self.context.__exit__(None, None, None)
+            self.context = None
 
 
 def run_loadtest(port: int, png: Path, args: argparse.Namespace, label: str) -> list[dict]:
@@ -132,19 +119,6 @@ def summarise(runs: list[dict]) -> dict:
             for c, pts in sorted(points.items())
         }
     return summary
-
-
-def free_port_pair() -> int:
-    """A free port whose neighbour PORT+2 (TorchServe's metrics address) is free too."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 2))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair")
 
 
 def build_model_tar(folder: Path) -> Path:
@@ -198,12 +172,12 @@ def main(argv: list[str] | None = None) -> int:
             order = servers if round_no % 2 == 0 else list(reversed(servers))
             for server in order:
                 load_before = wait_for_quiet(args.max_load, args.wait_load)
-                port = server.start(free_port_pair())
+                port = server.start()
                 print(f"round {round_no + 1}: {server.name} on :{port}, load {load_before}", flush=True)
                 try:
                     points = run_loadtest(port, png, args, server.name)
                 finally:
-                    server.stop(port)
+                    server.stop()
                 runs.append({"round": round_no + 1, "server": server.name, "load1_before": load_before,
                              "load1_after": load1(), "points": points})
         png_bytes = png.stat().st_size

@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, free_port
 from tests.helpers.models import digit_png, load_mnist, package_model, trained_cnn, write_cnn_model_dir
-from tests.helpers.serving import serving
+from tests.helpers.serving import peer_serving, serving
 
 pytestmark = [pytest.mark.fidelity, pytest.mark.slow]
 
-PEER = ROOT.parent / "shared" / "peer-endpoint"
 DIGITS = 40
 
 
@@ -39,21 +33,6 @@ def post(port: int, body: bytes, content_type: str) -> tuple[int, bytes]:
         conn.close()
 
 
-def free_peer_port() -> int:
-    """A port whose neighbour PORT+2 (TorchServe's metrics address) is free too."""
-    for _ in range(50):
-        port = free_port()
-        try:
-            import socket
-
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", port + 2))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair for the peer")
-
-
 @pytest.fixture(scope="module")
 def model_tar(tmp_path_factory) -> Path:
     state, config = trained_cnn()
@@ -65,25 +44,11 @@ def model_tar(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def peer(model_tar, tmp_path_factory):
     """SageMaker's PyTorch serving stack on loopback, started by the peer recipe with this project's venv."""
-    if not (PEER / "start_peer.sh").is_file():
-        pytest.fail(f"{PEER}/start_peer.sh is missing: the fidelity tier needs ../shared/peer-endpoint beside the clone")
-    if shutil.which("java") is None:
-        pytest.fail("TorchServe needs Java 17 on PATH (apt-get install -y openjdk-17-jre-headless)")
-    work = tmp_path_factory.mktemp("peer")
-    port = free_peer_port()
-    env = {**os.environ, "PEER_DIR": str(work), "VENV": sys.prefix, "MODEL_TAR": str(model_tar),
-           "ML_BASE": str(work / "ml"), "OMP_NUM_THREADS": "1", "READY_TIMEOUT": "240"}
-    started = subprocess.run(["bash", str(PEER / "start_peer.sh"), "1", str(port)], env=env, capture_output=True,
-                             text=True, timeout=300, check=False)
-    log = work / f"run-{port}" / "peer.log"
-    if started.returncode:
-        tail = log.read_text()[-3000:] if log.exists() else ""
-        pytest.fail(f"the peer did not start:\n{started.stdout}\n{started.stderr}\n{tail}")
     try:
-        yield port
-    finally:
-        subprocess.run(["bash", str(PEER / "stop_peer.sh"), str(port)], env=env, capture_output=True, timeout=120,
-                       check=False)
+        with peer_serving(model_tar, tmp_path_factory.mktemp("peer")) as port:
+            yield port
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.fidelity.test_serving_stack import PEER, free_peer_port, post, same_answer
+from tests.fidelity.test_serving_stack import post, same_answer
 from tests.helpers.models import (
     COLOUR_CLASSES,
     colour_pictures,
@@ -30,7 +26,7 @@ from tests.helpers.models import (
     trained_colour_cnn,
     write_cnn_model_dir,
 )
-from tests.helpers.serving import serving
+from tests.helpers.serving import peer_serving, serving
 
 pytestmark = [pytest.mark.fidelity, pytest.mark.slow]
 
@@ -51,25 +47,11 @@ def model_tar(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def peer(model_tar, tmp_path_factory):
-    if not (PEER / "start_peer.sh").is_file():
-        pytest.fail(f"{PEER}/start_peer.sh is missing: the fidelity tier needs ../shared/peer-endpoint beside the clone")
-    if shutil.which("java") is None:
-        pytest.fail("TorchServe needs Java 17 on PATH (apt-get install -y openjdk-17-jre-headless)")
-    work = tmp_path_factory.mktemp("peer-colour")
-    port = free_peer_port()
-    env = {**os.environ, "PEER_DIR": str(work), "VENV": sys.prefix, "MODEL_TAR": str(model_tar),
-           "ML_BASE": str(work / "ml"), "OMP_NUM_THREADS": "1", "READY_TIMEOUT": "240"}
-    started = subprocess.run(["bash", str(PEER / "start_peer.sh"), "1", str(port)], env=env, capture_output=True,
-                             text=True, timeout=300, check=False)
-    log = work / f"run-{port}" / "peer.log"
-    if started.returncode:
-        tail = log.read_text()[-3000:] if log.exists() else ""
-        pytest.fail(f"the peer did not start:\n{started.stdout}\n{started.stderr}\n{tail}")
     try:
-        yield port
-    finally:
-        subprocess.run(["bash", str(PEER / "stop_peer.sh"), str(port)], env=env, capture_output=True, timeout=120,
-                       check=False)
+        with peer_serving(model_tar, tmp_path_factory.mktemp("peer-colour")) as port:
+            yield port
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")
