@@ -97,15 +97,20 @@ class Invocations:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    errors: tuple[type[Exception], ...] = (handlers.InferenceError,)  # 4xx with status_code and message
+
+    async def _answer(self, body: bytes, req: falcon.asgi.Request) -> tuple[str, str]:
+        """(response text, content type) for a request body: input_fn -> model_input -> batch -> output_fn."""
+        data = handlers.input_fn(body, req.content_type)
+        pixels = handlers.model_input(data, self.model)  # the model's size, channels and layout, or a 4xx
+        probs = await self.batcher.submit(pixels)
+        prediction = handlers.Prediction(probs, self.model.class_names, data.single)
+        return handlers.output_fn(prediction, req.get_header("Accept"))
+
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         try:
-            body = await self._read_body(req)
-            data = handlers.input_fn(body, req.content_type)
-            pixels = handlers.model_input(data, self.model)  # the model's size, channels and layout, or a 4xx
-            probs = await self.batcher.submit(pixels)
-            prediction = handlers.Prediction(probs, self.model.class_names, data.single)
-            text, content_type = handlers.output_fn(prediction, req.get_header("Accept"))
-        except handlers.InferenceError as exc:
+            text, content_type = await self._answer(await self._read_body(req), req)
+        except self.errors as exc:
             log.info("%s %s -> %d %s", req.method, req.path, exc.status_code, exc.message)
             _error(resp, exc.status_code, exc.message)
             return
@@ -134,19 +139,11 @@ class TensorFlowInvocations(Invocations):
             return Response(exc.status_code, json.dumps({"error": str(exc)}).encode("utf-8"))
         return Response(200, server.format(form, {self.model.output_name: rows}))
 
-    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        try:
-            body = await self._read_body(req)
-            context = self.model.context(req.content_type, req.get_header("Accept"), len(body))
-            request = self.model.handlers.input_handler(io.BytesIO(body), context)
-            response = await self._predict(request)
-            text, content_type = self.model.handlers.output_handler(response, context)
-        except self.errors as exc:
-            log.info("%s %s -> %d %s", req.method, req.path, exc.status_code, exc.message)
-            _error(resp, exc.status_code, exc.message)
-            return
-        resp.content_type = content_type
-        resp.text = text
+    async def _answer(self, body: bytes, req: falcon.asgi.Request) -> tuple[str, str]:
+        context = self.model.context(req.content_type, req.get_header("Accept"), len(body))
+        request = self.model.handlers.input_handler(io.BytesIO(body), context)
+        response = await self._predict(request)
+        return self.model.handlers.output_handler(response, context)
 
 
 class RefuseHugeBodies:
