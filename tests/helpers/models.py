@@ -42,6 +42,23 @@ def cnn_config(architecture: str = "compact", kernel_size: int = 3, width: int =
             "normalization": NORMALIZATION}
 
 
+def fit(net: Any, x: Any, y: Any, epochs: int, lr: float) -> dict:
+    """A few epochs of Adam on in-memory tensors, batches of 32; the trained weights (the net left in eval)."""
+    import torch
+
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    net.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x))
+        for start in range(0, len(x), 32):
+            idx = order[start: start + 32]
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
+            optimizer.step()
+    net.eval()
+    return net.state_dict()
+
+
 def quick_train_cnn(samples: int = 4000, epochs: int = 2, seed: int = 0, **arch: Any) -> tuple[Any, dict]:
     """A compact CNN fitted on ``samples`` MNIST images (about 95% accurate); returns (state_dict, config)."""
     import torch
@@ -55,18 +72,7 @@ def quick_train_cnn(samples: int = 4000, epochs: int = 2, seed: int = 0, **arch:
     images, labels = load_mnist("train", samples)
     x = torch.from_numpy(((images / 255.0 - MNIST_MEAN) / MNIST_STD).astype(np.float32)).unsqueeze(1)
     y = torch.from_numpy(labels)
-    optimizer = torch.optim.Adam(net.parameters(), lr=0.005)
-    net.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x))
-        for start in range(0, len(x), 32):
-            idx = order[start: start + 32]
-            optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
-            loss.backward()
-            optimizer.step()
-    net.eval()
-    return net.state_dict(), config
+    return fit(net, x, y, epochs, lr=0.005), config
 
 
 @functools.lru_cache(maxsize=2)
@@ -184,17 +190,7 @@ def trained_colour_cnn(samples: int = 600, epochs: int = 3) -> tuple[Any, dict]:
     torch.manual_seed(0)
     net = build_model("compact", 3, kernel_size=3, width=8, dropout=0.05, in_channels=3, image_size=32)
     x, y = torch.from_numpy((images - mean) / std), torch.from_numpy(labels)
-    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
-    net.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x))
-        for start in range(0, len(x), 32):
-            idx = order[start: start + 32]
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
-            optimizer.step()
-    net.eval()
-    return net.state_dict(), config
+    return fit(net, x, y, epochs, lr=0.01), config
 
 
 def picture_png(picture: np.ndarray, mode: str = "RGB") -> bytes:
