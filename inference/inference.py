@@ -59,6 +59,7 @@ import io
 import json
 import math
 import os
+import re
 import warnings
 from collections import namedtuple
 from dataclasses import dataclass
@@ -192,6 +193,9 @@ class LoadedModel:
             tensor = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.contiguous(memory_format=torch.channels_last)
             logits = self.predictor(tensor)
             return torch.softmax(logits.float(), dim=1).numpy()
+
+
+_PILLOW_BUFFER = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")
 
 
 def _xgboost_features() -> Any:
@@ -494,7 +498,9 @@ def _open_image(body: bytes, media_type: str, draft: bool = True) -> tuple[Image
     except Image.DecompressionBombError as exc:
         raise InferenceError(413, f"{media_type}: refused as a decompression bomb: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for corrupt data; all mean "bad image"
-        raise InferenceError(400, f"{media_type}: cannot decode the image as {expected}: {exc}") from None
+        reason = _PILLOW_BUFFER.sub("", str(exc)).strip()  # Pillow names the buffer "<_io.BytesIO object at 0x...>"
+        raise InferenceError(400, f"{media_type}: cannot decode the image as {expected} "
+                                  f"({len(body)} bytes, starting {body[:8]!r}): {reason}") from None
     return image, drafted
 
 

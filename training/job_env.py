@@ -16,6 +16,9 @@ from training.atomic import atomic_write_text
 from training.datasets import DatasetError
 
 CONTAINER_ROOT = "/opt/ml"
+# The local executor's own variable (never set on SageMaker): a file holding the cores this job may use now,
+# which grow when other jobs finish (mlops/local/cpus.py). Jobs read it between epochs or boosting rounds.
+CPU_GRANT_FILE_ENV = "MLOPS_CPU_GRANT_FILE"
 LOG = logging.getLogger(__name__)
 
 
@@ -46,6 +49,19 @@ class JobEnv:
             raise DatasetError(f"input channel '{name}' not found: {path} does not exist "
                                f"(set SM_CHANNEL_{name.upper()} or pass the channel to the job)")
         return path
+
+
+def granted_cpus(environ: dict[str, str] | None = None) -> int | None:
+    """The cores the local executor grants this job now; None on SageMaker (no file) or when unreadable."""
+    env = os.environ if environ is None else environ
+    path = env.get(CPU_GRANT_FILE_ENV)
+    if not path:
+        return None
+    try:
+        value = int(Path(path).read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return None
+    return value if value >= 1 else None
 
 
 def str2bool(value: str | bool) -> bool:

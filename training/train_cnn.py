@@ -31,7 +31,7 @@ from training.atomic import atomic_write_json, staged_dir
 from training.datasets import DatasetError, Split, load_manifest, load_split, verify_checksums
 from training.debugger import session_from_env
 from training.distributed import Cluster
-from training.job_env import JobEnv, copy_inference_code, write_failure
+from training.job_env import JobEnv, copy_inference_code, granted_cpus, write_failure
 from training.metrics import format_metrics_line
 from training.models import build_model, count_parameters, load_pretrained
 from training.train_common import (  # noqa: F401 - re-exported: TrainConfig & co. were defined here first
@@ -120,6 +120,18 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_
 
 
 EpochCallback = Callable[[EpochRecord, nn.Module], None]
+GRANT_CHECK_STEPS = 50  # how often (in batches) a local job looks whether it was granted more or fewer cores
+
+
+def follow_cpu_grant(config: TrainConfig) -> None:
+    """Use as many threads as the local executor grants now (it grows the grant when cores fall idle).
+
+    Does nothing on SageMaker (no grant file) or when ``num-threads`` is set.
+    """
+    granted = None if config.num_threads else granted_cpus()
+    if granted is not None and granted != torch.get_num_threads():
+        LOG.info("CPU grant changed: %d -> %d threads", torch.get_num_threads(), granted)
+        torch.set_num_threads(granted)
 
 
 def find_pretrained(environ: dict[str, str] | None = None) -> Path | None:
@@ -219,6 +231,8 @@ def train(config: TrainConfig, train_split: Split, val_split: Split, num_classes
             seen += len(yb)
             if debug_session is not None:
                 debug_session.step()
+            if step % GRANT_CHECK_STEPS == GRANT_CHECK_STEPS - 1:
+                follow_cpu_grant(config)
         if debug_session is not None:
             debug_session.set_mode("eval")
         running, seen = cluster.total(running, seen)

@@ -26,7 +26,7 @@ import xgboost as xgb
 from training.atomic import atomic_write_json, staged_dir
 from training.datasets import DatasetError, load_manifest, load_split
 from training.features import xgboost_features, xgboost_input
-from training.job_env import JobEnv, copy_inference_code, write_failure
+from training.job_env import JobEnv, copy_inference_code, granted_cpus, write_failure
 from training.metrics import format_metrics_line
 
 LOG = logging.getLogger("train_xgboost")
@@ -94,6 +94,24 @@ class MetricsLines(xgb.callback.TrainingCallback):
         return False
 
 
+class FollowCpuGrant(xgb.callback.TrainingCallback):
+    """Use as many threads as the local executor grants now (more once the other jobs are done).
+
+    Does nothing on SageMaker (no grant file) or when ``nthread`` is set.
+    """
+
+    def __init__(self, nthread: int) -> None:
+        self.nthread = nthread
+
+    def after_iteration(self, model, epoch: int, evals_log) -> bool:
+        granted = granted_cpus()
+        if granted is not None and granted != self.nthread:
+            LOG.info("CPU grant changed: %d -> %d threads", self.nthread, granted)
+            model.set_param("nthread", granted)
+            self.nthread = granted
+        return False
+
+
 def run(args: argparse.Namespace, env: JobEnv) -> tuple[xgb.Booster, dict]:
     train_dir, val_dir = env.channel("train"), env.channel("validation")
     manifest = load_manifest(train_dir)
@@ -117,7 +135,8 @@ def run(args: argparse.Namespace, env: JobEnv) -> tuple[xgb.Booster, dict]:
     booster = xgb.train(params, dtrain, num_boost_round=args.num_round,
                         evals=[(dtrain, "train"), (dval, "validation")], verbose_eval=False,
                         early_stopping_rounds=args.early_stopping_rounds or None,
-                        callbacks=[MetricsLines(args.log_every, val_split.labels)])
+                        callbacks=[MetricsLines(args.log_every, val_split.labels)]
+                        + ([] if args.nthread else [FollowCpuGrant(params["nthread"])]))
     seconds = time.perf_counter() - started
     best_round = int(getattr(booster, "best_iteration", args.num_round - 1)) + 1
     if booster.num_boosted_rounds() > best_round:

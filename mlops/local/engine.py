@@ -31,20 +31,14 @@ from typing import Any
 
 from mlops import store
 from mlops.definition.model import Definition, DefinitionError, Step, parse
-from mlops.local import control, processing, records, training, tuning
+from mlops.local import control, critical_path, processing, records, training, tuning
+from mlops.local.cpus import Claim, CpuPool
 from mlops.local.expressions import Context, ExpressionError, canonical, resolve
 from mlops.local.jobs import SERVICE_FAULT, STOPPING, THROTTLING, JobFailed, stop_all_jobs
-from mlops.local.runtime import (
-    CpuPool,
-    NullReporter,
-    Reporter,
-    StepResult,
-    StepRun,
-    Ticket,
-    default_cpu_budget,
-)
+from mlops.local.runtime import NullReporter, Reporter, StepResult, StepRun, default_cpu_budget
 
 JOB_STEP_TYPES = ("Processing", "Training")
+CPU_STEP_TYPES = (*JOB_STEP_TYPES, "Tuning")  # steps whose jobs take cores: each gets a claim when ready
 CACHEABLE = ("Processing", "Training", "Tuning")
 EXECUTORS = {"Processing": processing.run, "Training": training.run, "Tuning": tuning.run}
 RUNNABLE_TYPES = (*EXECUTORS, "Condition", "Fail", "RegisterModel")
@@ -135,6 +129,10 @@ class Engine:
         self.parameters = parameters
         self.reporter = reporter or NullReporter()
         self.pool = CpuPool(cpus or default_cpu_budget())
+        # Cores go first to the steps on the longest remaining path, timed by the last successful execution.
+        self.step_seconds = critical_path.step_seconds(
+            definition, critical_path.measured_seconds(pipeline_name, exclude_execution=execution_id))
+        self.priorities = critical_path.priorities(definition, self.step_seconds)
         start = datetime.fromtimestamp(started or time.time(), UTC)
         self.execution_vars = {
             "PipelineExecutionId": execution_id,
@@ -229,10 +227,12 @@ class Engine:
                 while True:
                     if not self.failures:
                         ready = self._ready()
-                        tickets = {s.name: self.pool.ticket() for s in ready if s.type in JOB_STEP_TYPES}
+                        # Every ready step claims its place before any of them starts, so none jumps the queue.
+                        claims = {s.name: self.pool.claim(s.name, self.priorities[s.name], self._parallel_jobs(s))
+                                  for s in ready if s.type in CPU_STEP_TYPES}
                         for step in ready:
                             self.state[step.name] = "Executing"
-                            running[threads.submit(self._execute, step, tickets.get(step.name))] = step.name
+                            running[threads.submit(self._execute, step, claims.get(step.name))] = step.name
                     if not running:
                         break
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -245,6 +245,17 @@ class Engine:
                 self._mark_stopped()
                 raise
         return self._final_status()
+
+    def _parallel_jobs(self, step: Step) -> int:
+        """How many jobs the step runs at once: a tuning step's parallel trials, else one."""
+        if step.type != "Tuning":
+            return 1
+        try:
+            limits = resolve((step.arguments.get("HyperParameterTuningJobConfig") or {}).get("ResourceLimits") or {},
+                             self.context())
+            return max(1, min(int(limits["MaxParallelTrainingJobs"]), int(limits["MaxNumberOfTrainingJobs"])))
+        except (ExpressionError, KeyError, TypeError, ValueError):
+            return 1  # the tuning step reports the problem itself
 
     def _mark_stopped(self) -> None:
         for name, state in self.state.items():
@@ -270,9 +281,9 @@ class Engine:
     def cache_key(self, step: Step) -> str:
         return cache_key(step, self.context(symbolic=True))
 
-    def _execute(self, step: Step, ticket: Ticket | None) -> None:
+    def _execute(self, step: Step, claim: Claim | None) -> None:
         try:
-            self._execute_inner(step, ticket)
+            self._execute_inner(step, claim)
         except BaseException as exc:  # noqa: BLE001 - recorded as the step's failure, never lost in a thread
             failure = classify(exc)
             reason = failure.reason
@@ -280,8 +291,8 @@ class Engine:
                 reason += "\n" + "".join(traceback.format_exception(exc)[-3:])
             self._record_failure(step, reason, failure.status)
         finally:
-            if ticket is not None:
-                ticket.cancel()  # the step ended before its job asked for cores (cache hit, bad input)
+            if claim is not None:
+                claim.close()  # also when the step ended before its job asked for cores (cache hit, bad input)
 
     def _record_failure(self, step: Step, reason: str, status: str = records.FAILED) -> None:
         records.finish_step(self.execution_id, step.name, status, failure_reason=reason)
@@ -291,7 +302,7 @@ class Engine:
                 self.failures.append((step.name, reason))
         self.reporter.step_status(step.name, status, reason.splitlines()[0] if reason else "")
 
-    def _execute_inner(self, step: Step, ticket: Ticket | None) -> None:
+    def _execute_inner(self, step: Step, claim: Claim | None) -> None:
         name = step.name
         cache_key = None
         if step.cache_enabled and step.type in CACHEABLE:
@@ -314,7 +325,7 @@ class Engine:
                                work_dir=str(work_dir), log_path=str(log_path), cpus=None)
             self.reporter.step_status(name, "Executing", f"attempt {attempt}" if attempt > 1 else "")
             try:
-                result = self._attempt(step, work_dir, log_path, attempt, ticket)
+                result = self._attempt(step, work_dir, log_path, attempt, claim)
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
@@ -334,14 +345,14 @@ class Engine:
             return
 
     def _attempt(self, step: Step, work_dir: Path, log_path: Path, attempt: int,
-                 ticket: Ticket | None) -> StepResult:
+                 claim: Claim | None) -> StepResult:
         if work_dir.exists():
             shutil.rmtree(work_dir)  # a leftover of an interrupted attempt with the same number
         work_dir.mkdir(parents=True)
         ctx = self.context()
         run = StepRun(execution_id=self.execution_id, pipeline_name=self.pipeline_name, step_name=step.name,
                       step_type=step.type, arguments={}, raw_step=step, work_dir=work_dir, log_path=log_path,
-                      attempt=attempt, pool=self.pool, reporter=self.reporter, ticket=ticket)
+                      attempt=attempt, pool=self.pool, reporter=self.reporter, claim=claim)
         if step.type == "Condition":
             result = control.run_condition(run, step.arguments.get("Conditions", []), ctx)
         else:

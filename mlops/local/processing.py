@@ -103,7 +103,9 @@ def run(step: StepRun) -> StepResult:
     argv = entrypoint + [paths.rewrite(str(x)) for x in app.get("ContainerArguments") or []]
 
     asked = time.perf_counter()
-    cpus = step.pool.acquire(ticket=step.ticket)
+    lease = (step.claim.acquire() if step.claim is not None
+             else step.pool.acquire(priority=0.0, name=step.step_name))
+    cpus = lease.cpus
     cpu_wait_s = time.perf_counter() - asked
     try:
         env = dict(os.environ)
@@ -125,7 +127,7 @@ def run(step: StepRun) -> StepResult:
             records.finish_job(name, "Failed", failure_reason=exc.reason)
             raise
     finally:
-        step.pool.release(cpus)
+        lease.release()
 
     for output in outputs:
         s3_output = output["S3Output"]

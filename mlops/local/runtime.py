@@ -1,20 +1,20 @@
-"""What a step executor is given (StepRun) and returns (StepResult), and the shared CPU budget.
+"""What a step executor is given (StepRun) and returns (StepResult), and the size of the CPU budget.
 
-The CPU budget stands in for SageMaker instances: every job process holds some cores while it runs, so
-independent steps (the two trainings, tuning trials) run side by side without oversubscribing the machine.
-A job's share is the budget divided among the jobs running or waiting, decided when it starts.
+The budget stands in for SageMaker instances: every job process holds some cores while it runs, so
+independent steps (the two trainings, tuning trials) run side by side without oversubscribing the machine;
+:mod:`mlops.local.cpus` decides who gets them (critical path first).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from mlops.definition.model import Step
+from mlops.local.cpus import Claim, CpuPool
 
 
 class Reporter(Protocol):
@@ -53,76 +53,6 @@ def thread_env(cpus: int) -> dict[str, str]:
             "NUMEXPR_NUM_THREADS": value}
 
 
-class CpuPool:
-    """Cores shared by the job processes of one execution.
-
-    The scheduler hands a :class:`Ticket` to each job step it starts in one go, so those jobs count in
-    each other's share and go before jobs that ask without one (tuning trials): the two trainings start
-    side by side instead of queueing behind trials that happened to ask first.
-    """
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.free = total
-        self.tickets = 0  # reserved by the scheduler, not yet used
-        self.waiting = 0  # asked without a ticket, not yet served
-        self.holders = 0
-        self._cond = threading.Condition()
-
-    def ticket(self) -> Ticket:
-        with self._cond:
-            self.tickets += 1
-        return Ticket(self)
-
-    def _cancel(self) -> None:
-        with self._cond:
-            self.tickets -= 1
-            self._cond.notify_all()
-
-    def acquire(self, cap: int | None = None, ticket: Ticket | None = None) -> int:
-        """Block until a core is free; return how many this job gets (its fair share, at least 1)."""
-        with self._cond:
-            reserved = ticket is not None and ticket.take()
-            if reserved:
-                self.tickets -= 1
-                while self.free < 1:
-                    self._cond.wait()
-            else:
-                self.waiting += 1
-                while self.free - self.tickets < 1:
-                    self._cond.wait()
-                self.waiting -= 1
-            share = max(1, self.total // max(1, self.holders + self.tickets + self.waiting + 1))
-            grant = max(1, min(self.free, share, cap or self.total))
-            self.free -= grant
-            self.holders += 1
-            return grant
-
-    def release(self, count: int) -> None:
-        with self._cond:
-            self.free += count
-            self.holders -= 1
-            self._cond.notify_all()
-
-
-class Ticket:
-    """A place in the CPU queue reserved by the scheduler; used by the job's first acquire, or cancelled."""
-
-    def __init__(self, pool: CpuPool) -> None:
-        self.pool = pool
-        self.pending = True
-        self._lock = threading.Lock()
-
-    def take(self) -> bool:
-        with self._lock:
-            taken, self.pending = self.pending, False
-            return taken
-
-    def cancel(self) -> None:
-        if self.take():
-            self.pool._cancel()
-
-
 @dataclass
 class StepRun:
     """One attempt of one step: resolved arguments and where its files go."""
@@ -138,7 +68,7 @@ class StepRun:
     attempt: int
     pool: CpuPool
     reporter: Reporter
-    ticket: Ticket | None = None
+    claim: Claim | None = None  # the step's place in the CPU queue (the engine's; None: the job asks alone)
 
     def job_name(self, suffix: str = "") -> str:
         """A SageMaker-valid job name, unique per execution, step and attempt."""

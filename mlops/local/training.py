@@ -29,9 +29,10 @@ from typing import Any
 
 from mlops import store
 from mlops.local import records
+from mlops.local.cpus import CPU_GRANT_FILE_ENV, Claim, CpuPool
 from mlops.local.instrument import JobInstruments
 from mlops.local.jobs import STOPPING, JobFailed, pack_dir, run_process
-from mlops.local.runtime import CpuPool, Reporter, StepResult, StepRun, Ticket, thread_env
+from mlops.local.runtime import Reporter, StepResult, StepRun, thread_env
 from training.atomic import atomic_write_json
 from training.metrics import parse_metrics
 
@@ -91,7 +92,7 @@ def _progress_text(found: dict[str, float], line: str, epochs: Any) -> str:
 
 def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: str, step_name: str, work_dir: Path,
                      log_path: Path, pool: CpuPool, reporter: Reporter, progress_label: str,
-                     parent_job: str | None = None, ticket: Ticket | None = None,
+                     parent_job: str | None = None, claim: Claim | None = None,
                      on_metrics: Callable[[dict[str, list[float]]], bool] | None = None,
                      cpu_cap: int | None = None) -> dict[str, Any]:
     """Run one training job to completion and return its DescribeTrainingJob-like record.
@@ -129,7 +130,12 @@ def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: st
         epochs = user_hyperparameters(decoded).get("epochs")
 
         asked = time.perf_counter()
-        cpus = pool.acquire(cap=cpu_cap, ticket=ticket)
+        # One host may grow into cores that fall idle (mlops/local/cpus.py); several split a fixed grant.
+        grant_file = work_dir / "cpu-grant" if len(hosts) == 1 else None
+        lease = (claim.acquire(cap=cpu_cap, grant_file=grant_file) if claim is not None
+                 else pool.claim(job_name).acquire(cap=cpu_cap, grant_file=grant_file))
+        own_claim = claim is None
+        cpus = lease.cpus
         cpu_wait_s = time.perf_counter() - asked
         try:
             started = records.job_running(job_name)
@@ -153,6 +159,8 @@ def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: st
             envs = []
             for base, host in zip(bases, hosts, strict=True):
                 env = _environment(job_name, base, per_host, request, host, hosts)
+                if grant_file is not None:
+                    env[CPU_GRANT_FILE_ENV] = str(grant_file)
                 if instruments is not None and base == bases[0]:
                     env.update(instruments.environment())
                 envs.append(env)
@@ -165,7 +173,9 @@ def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: st
                 if instruments is not None:
                     instrumented = instruments.finish(cpus)
             finally:
-                pool.release(cpus)
+                lease.release()
+                if own_claim:
+                    lease.claim.close()
     except JobFailed as exc:
         metrics = _final_metrics(log_path, definitions) or stream.series
         if exc.status == "Stopped" and STOPPING.is_set():  # the whole execution is being stopped
@@ -402,7 +412,7 @@ def run(step: StepRun) -> StepResult:
     record = run_training_job(step.arguments, job_name=name, execution_id=step.execution_id,
                               step_name=step.step_name, work_dir=step.work_dir, log_path=step.log_path,
                               pool=step.pool, reporter=step.reporter, progress_label=step.step_name,
-                              ticket=step.ticket)
+                              claim=step.claim)
     if record["TrainingJobStatus"] != "Completed":
         raise JobFailed(record.get("FailureReason") or "training job did not complete")
     metadata = {"TrainingJob": {"Arn": record["TrainingJobArn"]}, "Cpus": record.pop("Cpus", None),

@@ -87,6 +87,7 @@ def run(step: StepRun) -> StepResult:
     if hasattr(strategy, "configure"):  # Hyperband: resource range and the objective it prunes on
         strategy.configure(config, static_hps, metric)
     cpu_cap = max(1, step.pool.total // max_parallel)
+    claim = step.claim or step.pool.claim(step.step_name, jobs=max_parallel)
     created = time.time()
     records.start_job(name, "Tuning", step.execution_id, step.step_name, log_path=str(step.log_path))
 
@@ -115,7 +116,7 @@ def run(step: StepRun) -> StepResult:
             record = run_training_job(
                 request, job_name=job, execution_id=step.execution_id, step_name=step.step_name, work_dir=work,
                 log_path=work / "job.log", pool=step.pool, reporter=_PrefixReporter(step.reporter, label),
-                progress_label=step.step_name, parent_job=name, cpu_cap=cpu_cap,
+                progress_label=step.step_name, parent_job=name, cpu_cap=cpu_cap, claim=claim,
                 on_metrics=(strategy.monitor(tuned) if hasattr(strategy, "monitor") else None)
                 or (stopping.should_stop if stopping else None))
         except JobFailed as exc:
@@ -140,35 +141,45 @@ def run(step: StepRun) -> StepResult:
     launched = 0
     log = step.log_path
     log.parent.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix=f"{name}-trial") as pool, \
-            open(log, "a", encoding="utf-8") as step_log:
-        running: dict[Future, dict[str, str]] = {}
-        exhausted = False
-        while running or (launched < max_jobs and not exhausted and not STOPPING.is_set()):
-            while len(running) < max_parallel and launched < max_jobs and not exhausted and not STOPPING.is_set():
-                tuned = strategy.suggest()
-                if tuned is None:
-                    exhausted = True
+    try:
+        with ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix=f"{name}-trial") as pool, \
+                open(log, "a", encoding="utf-8") as step_log:
+            running: dict[Future, dict[str, str]] = {}
+            exhausted = False
+            while running or (launched < max_jobs and not exhausted and not STOPPING.is_set()):
+                while len(running) < max_parallel and launched < max_jobs and not exhausted and not STOPPING.is_set():
+                    tuned = strategy.suggest()
+                    if tuned is None:
+                        exhausted = True
+                        break
+                    launched += 1
+                    step_log.write(f"trial {launched}: {json.dumps(tuned)}\n")
+                    step_log.flush()
+                    running[pool.submit(trial, launched, tuned)] = tuned
+                # Cores are kept for the trials still to come, and nothing more once the last one is running.
+                to_come = 0 if exhausted or STOPPING.is_set() else max_jobs - launched
+                claim.set_jobs(min(max_parallel, len(running) + to_come))
+                if not running:
                     break
-                launched += 1
-                step_log.write(f"trial {launched}: {json.dumps(tuned)}\n")
-                step_log.flush()
-                running[pool.submit(trial, launched, tuned)] = tuned
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                tuned = running.pop(future)
-                summary = future.result()
-                value = (summary.get("FinalHyperParameterTuningJobObjectiveMetric") or {}).get("Value")
-                strategy.observe(tuned, value)
-                if stopping and summary["TrainingJobStatus"] == "Completed":
-                    series = (records.list_jobs(step.execution_id, step.step_name) or [])
-                    for job in series:
-                        if job["job_name"] == summary["TrainingJobName"]:
-                            stopping.add((job.get("metrics") or {}).get(metric) or [])
-                summaries.append(summary)
-                step_log.write(f"{summary['TrainingJobName']}: {summary['TrainingJobStatus']} "
-                               f"{metric}={value}\n")
-                step_log.flush()
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    tuned = running.pop(future)
+                    summary = future.result()
+                    value = (summary.get("FinalHyperParameterTuningJobObjectiveMetric") or {}).get("Value")
+                    strategy.observe(tuned, value)
+                    if stopping and summary["TrainingJobStatus"] == "Completed":
+                        series = (records.list_jobs(step.execution_id, step.step_name) or [])
+                        for job in series:
+                            if job["job_name"] == summary["TrainingJobName"]:
+                                stopping.add((job.get("metrics") or {}).get(metric) or [])
+                    summaries.append(summary)
+                    step_log.write(f"{summary['TrainingJobName']}: {summary['TrainingJobStatus']} "
+                                   f"{metric}={value}\n")
+                    step_log.flush()
+    finally:
+        claim.set_jobs(0)  # the trials are over: what the tuner kept goes to the other steps
+        if step.claim is None:
+            claim.close()
 
     if STOPPING.is_set():
         records.finish_job(name, "Stopped", failure_reason="stopped with the execution")

@@ -9,7 +9,6 @@ import random
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 
 import pytest
@@ -19,7 +18,7 @@ from mlops.local import expressions as ex
 from mlops.local.engine import load, parse_duration, retry_delay
 from mlops.local.jobs import CAPACITY_ERROR, JobFailed, extract_tar, run_process
 from mlops.local.processing import PathMap
-from mlops.local.runtime import CpuPool, job_name
+from mlops.local.runtime import job_name
 from mlops.local.search import BayesianSearch, GridSearch, MedianStopping, RandomSearch, Range, parse_ranges
 from mlops.local.training import MetricStream, host_names, write_container_config
 
@@ -169,33 +168,6 @@ def test_job_names_are_valid_and_distinct():
     names = {job_name("abc123def456", "Train CNN/very-long-step-name-beyond-limits", a) for a in (1, 2)}
     assert len(names) == 2
     assert all(len(n) <= 63 and n.replace("-", "").isalnum() for n in names)
-
-
-def test_cpu_pool_gives_ticketed_jobs_a_fair_share_first():
-    pool = CpuPool(2)
-    tickets = [pool.ticket(), pool.ticket()]
-    order = []
-
-    def trial():
-        granted = pool.acquire()
-        order.append(("trial", granted))
-        pool.release(granted)
-
-    waiter = threading.Thread(target=trial)
-    waiter.start()
-    time.sleep(0.1)
-    assert order == []  # two reserved jobs go first
-    first = pool.acquire(ticket=tickets[0])
-    second = pool.acquire(ticket=tickets[1])
-    assert (first, second) == (1, 1)
-    pool.release(first)
-    waiter.join(2)
-    assert order == [("trial", 1)]
-    pool.release(second)
-    assert pool.acquire() == 2  # alone: the whole budget
-    tickets.append(pool.ticket())
-    tickets[-1].cancel()
-    assert pool.tickets == 0
 
 
 def test_process_exit_classification(tmp_path):
