@@ -65,6 +65,19 @@ def profile_window(profiler_config: dict[str, Any]) -> tuple[int, int] | None:
     return start, count
 
 
+def _float32_numpy(make_numpy: Any) -> Any:
+    """smdebug turns tensors into numpy arrays with ``.numpy()``, which numpy cannot do for bfloat16 (what the
+    layers produce under train_cnn's bfloat16 autocast): widen those to float32 first. Rules read float32."""
+    import torch
+
+    def convert(tensor_value: Any) -> Any:
+        if isinstance(tensor_value, torch.Tensor) and tensor_value.dtype == torch.bfloat16:
+            tensor_value = tensor_value.float()
+        return make_numpy(tensor_value)
+
+    return convert
+
+
 class DebugSession:
     """What train_cnn.train() drives: attach(model, loss_fn), set_mode(mode), step(), record_validation(loss)."""
 
@@ -145,6 +158,7 @@ class DebugSession:
 
         self.modes = modes
         self.hook = Hook.create_from_json_file(str(self.hook_config))
+        self.hook._make_numpy_array = _float32_numpy(self.hook._make_numpy_array)
         names = "|".join(re.escape(name) for name in relus)
         if names:
             # smdebug names a module's tensors <module>_input_<i> / <module>_output_<i>.

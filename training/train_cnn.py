@@ -37,6 +37,7 @@ from training.models import build_model, count_parameters, load_pretrained
 from training.train_common import (  # noqa: F401 - re-exported: TrainConfig & co. were defined here first
     ARCHITECTURES,
     OPTIMIZERS,
+    PRECISIONS,
     SCHEDULERS,
     EpochRecord,
     TrainConfig,
@@ -123,6 +124,16 @@ EpochCallback = Callable[[EpochRecord, nn.Module], None]
 GRANT_CHECK_STEPS = 50  # how often (in batches) a local job looks whether it was granted more or fewer cores
 
 
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast type for ``precision`` (None: plain float32); auto picks bfloat16 only where it is native."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.bfloat16 if native else None
+
+
 def follow_cpu_grant(config: TrainConfig) -> None:
     """Use as many threads as the local executor grants now (it grows the grant when cores fall idle).
 
@@ -205,6 +216,8 @@ def train(config: TrainConfig, train_split: Split, val_split: Split, num_classes
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     if debug_session is not None:
         debug_session.attach(model, loss_fn)
+    compute = autocast_dtype(config.precision)
+    LOG.info("precision %s: %s", config.precision, "bfloat16 autocast (float32 weights)" if compute else "float32")
     history: list[EpochRecord] = []
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
@@ -220,7 +233,8 @@ def train(config: TrainConfig, train_split: Split, val_split: Split, num_classes
             if config.augment:
                 xb = augment_batch(xb, config.rotation_degrees, config.cutout, config.cutout_prob, fill, augmenting)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(network(xb), yb)
+            with torch.autocast("cpu", dtype=compute or torch.bfloat16, enabled=compute is not None):
+                loss = loss_fn(network(xb), yb)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch} step {step}; lower lr")
             loss.backward()

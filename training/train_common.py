@@ -20,6 +20,9 @@ from training.job_env import str2bool
 ARCHITECTURES = ("compact", "keras", "dense", "resnet18")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("onecycle", "cosine", "none")
+# auto: bfloat16 autocast where the CPU multiplies bfloat16 natively (AVX512-BF16/AMX), else float32; the
+# weights, the optimizer and the saved model stay float32 either way (docs/decisions.md has the figures).
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -30,7 +33,7 @@ class TrainConfig:
     optimizer: str = "sgd"
     architecture: str = "compact"
     kernel_size: int = 3
-    width: int = 24
+    width: int = 32
     dropout: float = 0.05
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
@@ -43,6 +46,7 @@ class TrainConfig:
     train_fraction: float = 1.0
     max_train_seconds: float = 0.0
     num_threads: int = 0
+    precision: str = "auto"
 
     def validate(self) -> None:
         checks = [
@@ -52,6 +56,7 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"),
             (self.architecture in ARCHITECTURES, f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}"),
             (self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
             (self.kernel_size in (3, 5, 7), f"kernel-size must be 3, 5 or 7, got {self.kernel_size}"),
             (0.0 < self.train_fraction <= 1.0, f"train-fraction must be in (0, 1], got {self.train_fraction}"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),

@@ -143,3 +143,46 @@ def test_stratified_fraction_keeps_every_class(mnist_slice: Path) -> None:
     part = train_cnn.stratified_fraction(split, 0.1, seed=1)
     assert 260 <= len(part) <= 280
     assert (np.bincount(part.labels, minlength=10) > 0).all()
+
+
+def test_cnn_threads_follow_the_local_cpu_grant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    grant = tmp_path / "cpu-grant"
+    grant.write_text("1\n")
+    monkeypatch.setenv("MLOPS_CPU_GRANT_FILE", str(grant))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        train_cnn.follow_cpu_grant(train_cnn.TrainConfig(num_threads=2))
+        assert torch.get_num_threads() == 2  # an explicit num-threads wins
+        train_cnn.follow_cpu_grant(train_cnn.TrainConfig())
+        assert torch.get_num_threads() == 1
+        grant.write_text("garbled")
+        train_cnn.follow_cpu_grant(train_cnn.TrainConfig())
+        assert torch.get_num_threads() == 1  # an unreadable grant changes nothing
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_xgboost_threads_follow_the_local_cpu_grant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import xgboost as xgb
+
+    from training.train_xgboost import FollowCpuGrant
+
+    grant = tmp_path / "cpu-grant"
+    grant.write_text("1\n")
+    monkeypatch.setenv("MLOPS_CPU_GRANT_FILE", str(grant))
+    rng = np.random.default_rng(0)
+    data = xgb.DMatrix(rng.random((200, 8)), label=rng.integers(0, 2, 200))
+    follower = FollowCpuGrant(2)
+    booster = xgb.train({"nthread": 2, "objective": "binary:logistic"}, data, num_boost_round=3, callbacks=[follower])
+    assert follower.nthread == 1
+    assert json.loads(booster.save_config())["learner"]["generic_param"]["nthread"] == "1"
+
+
+def test_precision_auto_uses_bfloat16_only_where_the_cpu_has_it() -> None:
+    assert train_cnn.autocast_dtype("fp32") is None
+    assert train_cnn.autocast_dtype("bf16") is torch.bfloat16
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert train_cnn.autocast_dtype("auto") is (torch.bfloat16 if native else None)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        train_cnn.parse_args(["--precision", "fp16"])
