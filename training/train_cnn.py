@@ -88,7 +88,7 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     model.eval()
     total_loss, correct = 0.0, 0
     for start in range(0, len(labels), batch_size):
-        logits = model(images[start:start + batch_size])
+        logits = model(images[start:start + batch_size].contiguous(memory_format=torch.channels_last))
         target = labels[start:start + batch_size]
         total_loss += F.cross_entropy(logits, target, reduction="sum").item()
         correct += int((logits.argmax(1) == target).sum())
@@ -205,6 +205,9 @@ def train(config: TrainConfig, train_split: Split, val_split: Split, num_classes
     LOG.info("%s: %d parameters%s, %d training / %d validation images%s", config.architecture, total,
              f" ({trainable} trainable)" if trainable != total else "", len(y_train), len(y_val),
              f", host {cluster.rank + 1} of {cluster.size}" if cluster.size > 1 else "")
+    # Channels-last: oneDNN's convolutions skip a layout reorder per call (10.4 vs 12.9 s per epoch with bfloat16
+    # on 2 threads here; docs/decisions.md). The weights keep their shapes; the saved state dict is the same.
+    model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config, model)
     network = cluster.wrap(model)
     # The last, partial batch only when every host gets at least 2 images of it: BatchNorm in training mode
@@ -232,6 +235,7 @@ def train(config: TrainConfig, train_split: Split, val_split: Split, num_classes
             xb, yb = x_train[idx], y_train[idx]
             if config.augment:
                 xb = augment_batch(xb, config.rotation_degrees, config.cutout, config.cutout_prob, fill, augmenting)
+            xb = xb.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast("cpu", dtype=compute or torch.bfloat16, enabled=compute is not None):
                 loss = loss_fn(network(xb), yb)
@@ -271,7 +275,8 @@ def train(config: TrainConfig, train_split: Split, val_split: Split, num_classes
 def save_model(model: nn.Module, config: TrainConfig, manifest: dict, model_dir: Path) -> None:
     """Weights + the config that rebuilds the network + the inference code, in SageMaker's layout."""
     with staged_dir(model_dir) as staging:
-        torch.save(model.state_dict(), staging / "model.pth")
+        # Contiguous copies: a channels-last state dict would carry its strides into every loader.
+        torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, staging / "model.pth")
         atomic_write_json(staging / "model_config.json", {
             "framework": "pytorch",
             "architecture": config.architecture,

@@ -278,6 +278,8 @@ def is_leader(environ: dict[str, str] | None = None) -> bool:
 
 def run(config: TrainConfig, env: JobEnv, debug_session=None, leader: bool = True) -> list[EpochRecord]:
     configure_threads(config.num_threads or env.num_cpus)
+    if config.precision == "bf16":  # auto means float32 here: TF's oneDNN bfloat16 path was not measured
+        LOG.warning("precision bf16 applies to train_cnn.py (PyTorch); the Keras network trains in float32")
     train_dir, val_dir = env.channel("train"), env.channel("validation")
     manifest = load_manifest(train_dir)
     train_split, val_split = load_split(train_dir, "train"), load_split(val_dir, "validation")

@@ -66,7 +66,11 @@ class DebuggedTensorFlow(_StableDebugger, TensorFlow):
 # exists, and compares single-batch losses num_steps apart: during a one-cycle warm-up with augmentation that fired
 # on a healthy full run at step 20 ("2.2864 at train step 20 vs 2.2454 at step 10"). Each validation is 3 EVAL
 # steps (6,000 images in batches of 2,000), so the default num_steps=10 compares validation losses ~4 epochs apart.
-RULE_PARAMETERS: dict[str, dict[str, str]] = {"LossNotDecreasing": {"mode": "EVAL"}}
+# Overfit compares each validation loss with the mean training loss since the previous validation (documented
+# defaults: ratio_threshold 0.1, patience 1). At the one-cycle peak the validation loss of a healthy run jumps
+# above the augmented training loss for single epochs (ratios 0.19, 0.29, 0.16, 0.21 at epochs 3, 6, 8 and 10 of a
+# healthy 99.51% run, never two in a row); overfitting persists, so three validations in a row must agree.
+RULE_PARAMETERS: dict[str, dict[str, str]] = {"LossNotDecreasing": {"mode": "EVAL"}, "Overfit": {"patience": "3"}}
 
 
 def debugger_rules() -> list:

@@ -4,7 +4,7 @@ review as a diff of those files.
 
 After an intended change, regenerate the snapshot and commit it with the change:
 
-    MLOPS_UPDATE_SNAPSHOTS=1 .venv/bin/pytest tests/test_definition_snapshot.py
+    MLOPS_UPDATE_SNAPSHOTS=1 .venv/bin/pytest tests/pipelines/test_snapshot.py
 
 (the same JSON as ``mlops --bucket mlops-local definition --normalised`` with MLOPS_ROLE_ARN unset).
 Normalising replaces only the content hash of the code bundle and timestamps, so editing training/
