@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mlops import store
-from mlops.local import records
+from mlops.definition.model import DefinitionError, parse
+from mlops.local import critical_path, records
 from mlops.local.figures import STATUS_COLOURS, data_uri, figure_uri, pyplot, render
 from mlops.local.instrument import profiler_report_uri
 from mlops.local.tuning_outputs import TRIALS_CSV, TRIALS_JSON, TUNING_JSON, TUNING_PNG
@@ -36,30 +37,56 @@ def _jobs_for(step: records.StepRecord) -> list[dict[str, Any]]:
     return []
 
 
+def _cpu_label(step: records.StepRecord) -> str:
+    """The cores a job step held: its grant, and what it grew to when other jobs finished."""
+    metadata = step.metadata or {}
+    cpus, peak = metadata.get("Cpus"), metadata.get("PeakCpus")
+    if not cpus:
+        return ""
+    return f", {cpus}->{peak} cpu" if peak and peak != cpus else f", {cpus} cpu"
+
+
+def _critical_steps(execution: records.Execution, steps: list[records.StepRecord]) -> set[str]:
+    """The steps on this execution's longest path, timed by what they took."""
+    try:
+        definition = parse(execution.definition)
+        seconds = dict.fromkeys(definition.steps, 0.0)  # a step that did not run (a branch not taken) adds nothing
+        seconds.update({s.step_name: (s.end_time or time.time()) - s.start_time for s in steps if s.start_time})
+        return set(critical_path.critical_path(definition, seconds))
+    except (DefinitionError, ValueError, KeyError, TypeError):  # a definition that does not parse: no marks
+        return set()
+
+
 def timeline(execution: records.Execution, steps: list[records.StepRecord]) -> str:
+    """A Gantt chart: each step's bar (grey where it waited for a core), the cores it held, the critical path."""
     plt = pyplot()
     origin = execution.creation_time
-    rows: list[tuple[str, float, float, str, bool]] = []
+    critical = _critical_steps(execution, steps)
+    rows: list[tuple[str, float, float, str, bool, float, str]] = []
     for step in steps:
         if step.start_time is None:
             continue
         end = step.end_time or time.time()
-        rows.append((step.step_name, step.start_time - origin, end - step.start_time, step.status,
-                     bool(step.cache_source)))
+        waited = float((step.metadata or {}).get("CpuWaitSeconds") or 0.0)
+        label = ("* " if step.step_name in critical else "") + step.step_name
+        rows.append((label, step.start_time - origin, end - step.start_time, step.status,
+                     bool(step.cache_source), waited, _cpu_label(step)))
         if step.step_type == "Tuning" and not step.cache_source:
             for index, job in enumerate(_jobs_for(step), start=1):
                 if job["start_time"] is not None:
                     job_end = job["end_time"] or end
                     rows.append((f"  trial {index}", job["start_time"] - origin, job_end - job["start_time"],
-                                 job["status"], False))
-    figure, axis = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.2))
-    for position, (_, start, width, status, cached) in enumerate(reversed(rows)):
+                                 job["status"], False, 0.0, ""))
+    figure, axis = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.4))
+    for position, (_, start, width, status, cached, waited, cpus) in enumerate(reversed(rows)):
         axis.barh(position, max(width, 0.05), left=start, color=STATUS_COLOURS.get(status, "#7f8c8d"),
                   hatch="//" if cached else None, alpha=0.5 if cached else 0.9, edgecolor="black", linewidth=0.4)
-        axis.text(start + max(width, 0.05), position, f" {width:.1f}s" + (" (cache)" if cached else ""),
+        if waited >= 0.5:
+            axis.barh(position, min(waited, width), left=start, color="#d5d8dc", edgecolor="black", linewidth=0.4)
+        axis.text(start + max(width, 0.05), position, f" {width:.1f}s{cpus}" + (" (cache)" if cached else ""),
                   va="center", fontsize=8)
     axis.set_yticks(range(len(rows)), [r[0] for r in reversed(rows)])
-    axis.set_xlabel("seconds since the execution started")
+    axis.set_xlabel("seconds since the execution started (grey: waiting for a core; * the critical path)")
     axis.set_title("Step timeline")
     axis.grid(axis="x", alpha=0.3)
     return figure_uri(figure)

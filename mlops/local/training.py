@@ -203,6 +203,7 @@ def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: st
                        process_seconds=process_s, cpu_wait_seconds=cpu_wait_s)
     # local extras, popped by run(): what the benchmark needs to separate our overhead from the job's time
     record["ProcessSeconds"], record["Cpus"], record["CpuWaitSeconds"] = round(process_s, 4), cpus, round(cpu_wait_s, 4)
+    record["PeakCpus"] = lease.peak  # grown into cores that fell idle (mlops/local/cpus.py)
     return record
 
 
@@ -416,6 +417,7 @@ def run(step: StepRun) -> StepResult:
     if record["TrainingJobStatus"] != "Completed":
         raise JobFailed(record.get("FailureReason") or "training job did not complete")
     metadata = {"TrainingJob": {"Arn": record["TrainingJobArn"]}, "Cpus": record.pop("Cpus", None),
+                "PeakCpus": record.pop("PeakCpus", None),
                 "CpuWaitSeconds": record.pop("CpuWaitSeconds", None),
                 "ProcessSeconds": record.pop("ProcessSeconds", None),
                 "FinalMetrics": {m["MetricName"]: m["Value"] for m in record["FinalMetricDataList"]}}
