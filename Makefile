@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: bootstrap run test test-fast lint bench-training bench-executor bench-endpoint bench-forward bench-memory bench-bluegreen clean
+.PHONY: bootstrap run test test-fast lint bench-training bench-executor bench-endpoint bench-forward bench-memory bench-bluegreen bench-pipeline bench-epoch clean
 
 bootstrap:
 	@./scripts/bootstrap.sh
@@ -40,6 +40,12 @@ bench-memory: bootstrap
 
 bench-bluegreen: bootstrap
 	$(BIN)/python benchmarks/bench_bluegreen.py
+
+bench-pipeline: bootstrap
+	$(BIN)/python benchmarks/bench_pipeline.py
+
+bench-epoch: bootstrap
+	$(BIN)/python benchmarks/bench_epoch.py
 
 clean:
 	rm -rf .mlops .pytest_cache
