@@ -130,9 +130,8 @@ class Engine:
         self.reporter = reporter or NullReporter()
         self.pool = CpuPool(cpus or default_cpu_budget())
         # Cores go first to the steps on the longest remaining path, timed by the last successful execution.
-        self.step_seconds = critical_path.step_seconds(
-            definition, critical_path.measured_seconds(pipeline_name, exclude_execution=execution_id))
-        self.priorities = critical_path.priorities(definition, self.step_seconds)
+        self.priorities = critical_path.priorities(definition, critical_path.step_seconds(
+            definition, critical_path.measured_seconds(pipeline_name, exclude_execution=execution_id)))
         start = datetime.fromtimestamp(started or time.time(), UTC)
         self.execution_vars = {
             "PipelineExecutionId": execution_id,
