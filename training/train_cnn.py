@@ -41,6 +41,7 @@ from training.train_common import (  # noqa: F401 - re-exported: TrainConfig & c
     SCHEDULERS,
     EpochRecord,
     TrainConfig,
+    fit_batch_size,
     parse_args,
     plot_learning_curves,
     stratified_fraction,
@@ -197,6 +198,7 @@ def train(config: TrainConfig, train_split: Split, val_split: Split, num_classes
     generator = torch.Generator().manual_seed(config.seed)  # the batch order: the same on every host
     augmenting = generator if cluster.size == 1 else torch.Generator().manual_seed(config.seed + 1 + cluster.rank)
     train_split = stratified_fraction(train_split, config.train_fraction, config.seed)
+    config = fit_batch_size(config, len(train_split.labels))
     x_train, y_train = to_tensors(train_split)
     x_val, y_val = to_tensors(val_split)
     fill = float(x_train.min())  # the normalized background value

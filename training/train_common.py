@@ -6,14 +6,17 @@ learning-curve figure. Nothing here imports a deep-learning framework.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from training.datasets import Split
 from training.job_env import str2bool
+
+LOG = logging.getLogger("train_common")
 
 # training/models.py (PyTorch) builds all of these, training/keras_models.py all but resnet18 (PyTorch only: its
 # pretrained weights are a torchvision state dict); a test keeps the lists in step.
@@ -23,6 +26,10 @@ SCHEDULERS = ("onecycle", "cosine", "none")
 # auto: bfloat16 autocast where the CPU multiplies bfloat16 natively (AVX512-BF16/AMX), else float32; the
 # weights, the optimizer and the saved model stay float32 either way (docs/decisions.md has the figures).
 PRECISIONS = ("auto", "fp32", "bf16")
+# A batch is at most 1/MIN_STEPS_PER_EPOCH of the training images (never under MIN_FITTED_BATCH): the tuner's
+# batch sizes (128, 256) suit MNIST, but on a few thousand images they leave a handful of steps per epoch.
+MIN_STEPS_PER_EPOCH = 50
+MIN_FITTED_BATCH = 16
 
 
 @dataclass
@@ -91,6 +98,16 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     config = TrainConfig(**vars(args))
     config.validate()
     return config, unknown
+
+
+def fit_batch_size(config: TrainConfig, images: int) -> TrainConfig:
+    """``config`` with a batch size small enough for MIN_STEPS_PER_EPOCH steps per epoch (unchanged if it is)."""
+    fitted = max(MIN_FITTED_BATCH, images // MIN_STEPS_PER_EPOCH)
+    if config.batch_size <= fitted:
+        return config
+    LOG.info("batch-size %d lowered to %d: %d training images give at least %d steps per epoch",
+             config.batch_size, fitted, images, MIN_STEPS_PER_EPOCH)
+    return replace(config, batch_size=fitted)
 
 
 def stratified_fraction(split: Split, fraction: float, seed: int) -> Split:

@@ -45,7 +45,14 @@ from training.atomic import atomic_write_json, staged_dir
 from training.datasets import DatasetError, Split, load_manifest, load_split
 from training.job_env import JobEnv, copy_inference_code, write_failure
 from training.metrics import format_metrics_line
-from training.train_common import EpochRecord, TrainConfig, parse_args, plot_learning_curves, stratified_fraction
+from training.train_common import (
+    EpochRecord,
+    TrainConfig,
+    fit_batch_size,
+    parse_args,
+    plot_learning_curves,
+    stratified_fraction,
+)
 
 LOG = logging.getLogger("train_keras")
 SAVED_MODEL_VERSION = "1"  # TF Serving loads <model>/<version>/saved_model.pb
@@ -198,6 +205,7 @@ def train(config: TrainConfig, train_split: Split, val_split: Split, num_classes
 
     keras.utils.set_random_seed(config.seed)
     train_split = stratified_fraction(train_split, config.train_fraction, config.seed)
+    config = fit_batch_size(config, len(train_split.labels))
     x_train, x_val = channels_last(train_split.images), channels_last(val_split.images)
     y_train = np.eye(num_classes, dtype=np.float32)[train_split.labels]
     y_val = np.eye(num_classes, dtype=np.float32)[val_split.labels]

@@ -186,3 +186,13 @@ def test_precision_auto_uses_bfloat16_only_where_the_cpu_has_it() -> None:
     assert train_cnn.autocast_dtype("auto") is (torch.bfloat16 if native else None)
     with pytest.raises(ValueError, match="precision must be one of"):
         train_cnn.parse_args(["--precision", "fp16"])
+
+
+def test_a_batch_too_large_for_the_data_is_lowered_to_keep_enough_steps() -> None:
+    from training.train_common import MIN_FITTED_BATCH, MIN_STEPS_PER_EPOCH, fit_batch_size
+
+    config = train_cnn.TrainConfig(batch_size=256)
+    assert fit_batch_size(config, 54_000) is config  # full MNIST: 210 steps per epoch, untouched
+    assert fit_batch_size(config, 2_700).batch_size == 2_700 // MIN_STEPS_PER_EPOCH
+    assert fit_batch_size(config, 100).batch_size == MIN_FITTED_BATCH
+    assert fit_batch_size(train_cnn.TrainConfig(batch_size=8), 100).batch_size == 8  # small already
