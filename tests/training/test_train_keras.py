@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import math
 import os
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tests.helpers.images import digit_forms
 from tests.helpers.jobs import run_job, training_env
 from tests.helpers.models import load_mnist
 from training.metrics import CNN_METRIC_DEFINITIONS, parse_metrics
+from training.train_common import MIN_STEPS_PER_EPOCH
 
 RULES = ["VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization", "LossNotDecreasing"]
 HOOK_CONFIG = {
@@ -103,7 +105,10 @@ def test_debugger_trial_is_read_by_the_local_rules(keras_job):
     assert all(s["RuleEvaluationStatus"] != ERROR for s in statuses.values()), statuses
     assert statuses["VanishingGradient"]["RuleEvaluationStatus"] == "NoIssuesFound"
     steps = json.loads((keras_job["work"] / "profiler" / "framework" / "step_times.json").read_text())
-    assert len(steps["steps"]) == 3 * 43  # ceil(2700 / 64) steps per epoch
+    # --batch-size 64 on 2,700 images is lowered to 2700 // MIN_STEPS_PER_EPOCH = 54: 50 steps per epoch
+    fitted = 2700 // MIN_STEPS_PER_EPOCH
+    assert len(steps["steps"]) == 3 * math.ceil(2700 / fitted)
+    assert f"batch-size 64 lowered to {fitted}" in keras_job["stderr"] + keras_job["log"]
 
 
 def test_every_content_type_gets_the_same_answer(served):
