@@ -23,7 +23,6 @@ import threading
 from pathlib import Path
 
 from training.atomic import atomic_write_text
-from training.job_env import CPU_GRANT_FILE_ENV  # noqa: F401 - re-exported for the job launchers
 
 
 class CpuPool:
@@ -46,10 +45,11 @@ class CpuPool:
             self._rebalance()
             return claim
 
-    def acquire(self, cap: int | None = None, priority: float = 0.0, name: str = "job") -> Lease:
+    def acquire(self, cap: int | None = None, priority: float = 0.0, name: str = "job",
+                grant_file: Path | None = None) -> Lease:
         """Cores for one job without a claim of its own (a claim that closes when the lease is released)."""
         claim = self.claim(name, priority)
-        lease = claim.acquire(cap)
+        lease = claim.acquire(cap, grant_file)
         lease.closes_claim = True
         return lease
 

@@ -104,7 +104,7 @@ def run(step: StepRun) -> StepResult:
 
     asked = time.perf_counter()
     lease = (step.claim.acquire() if step.claim is not None
-             else step.pool.acquire(priority=0.0, name=step.step_name))
+             else step.pool.acquire(name=step.step_name))
     cpus = lease.cpus
     cpu_wait_s = time.perf_counter() - asked
     try:

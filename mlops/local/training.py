@@ -29,11 +29,12 @@ from typing import Any
 
 from mlops import store
 from mlops.local import records
-from mlops.local.cpus import CPU_GRANT_FILE_ENV, Claim, CpuPool
+from mlops.local.cpus import Claim, CpuPool
 from mlops.local.instrument import JobInstruments
 from mlops.local.jobs import STOPPING, JobFailed, pack_dir, run_process
 from mlops.local.runtime import Reporter, StepResult, StepRun, thread_env
 from training.atomic import atomic_write_json
+from training.job_env import CPU_GRANT_FILE_ENV
 from training.metrics import parse_metrics
 
 CURRENT_HOST = "algo-1"
@@ -133,8 +134,7 @@ def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: st
         # One host may grow into cores that fall idle (mlops/local/cpus.py); several split a fixed grant.
         grant_file = work_dir / "cpu-grant" if len(hosts) == 1 else None
         lease = (claim.acquire(cap=cpu_cap, grant_file=grant_file) if claim is not None
-                 else pool.claim(job_name).acquire(cap=cpu_cap, grant_file=grant_file))
-        own_claim = claim is None
+                 else pool.acquire(cap=cpu_cap, grant_file=grant_file, name=job_name))
         cpus = lease.cpus
         cpu_wait_s = time.perf_counter() - asked
         try:
@@ -174,8 +174,6 @@ def run_training_job(request: dict[str, Any], *, job_name: str, execution_id: st
                     instrumented = instruments.finish(cpus)
             finally:
                 lease.release()
-                if own_claim:
-                    lease.claim.close()
     except JobFailed as exc:
         metrics = _final_metrics(log_path, definitions) or stream.series
         if exc.status == "Stopped" and STOPPING.is_set():  # the whole execution is being stopped
